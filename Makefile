@@ -1,0 +1,52 @@
+# labctl: `make lab` on a fresh Debian/Ubuntu host builds the default lab; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+LABCTL = $(VENV)/bin/labctl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# What a fresh host needs: libvirt and QEMU, qemu-img, the build needs of libvirt-python, OpenSSH.
+HOST_PACKAGES = libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils \
+	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client
+# What the tests need on top: dnsmasq and iptables for libvirt's NAT network in the private
+# daemon, mmdebstrap for offline images, and the validators of rendered role content.
+TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
+	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables iproute2 \
+	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived shellcheck cloud-init
+
+.PHONY: lab host-deps test-deps venv test test-fast bench lint destroy clean
+
+lab: host-deps venv
+	$(LABCTL) up
+
+host-deps:
+	$(SUDO) ./.ci/apt-install $(HOST_PACKAGES)
+
+test-deps:
+	$(SUDO) ./.ci/apt-install $(TEST_PACKAGES)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test,lint]'
+	touch $@
+
+test: test-deps venv
+	$(VENV)/bin/python -m pytest -v
+
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -m "not slow and not e2e and not libvirt"
+
+bench: venv
+	$(VENV)/bin/python -m pytest -q benchmarks --benchmark-only
+
+lint: venv
+	$(VENV)/bin/ruff check labctl tests
+	$(VENV)/bin/mypy labctl
+
+destroy: venv
+	$(LABCTL) destroy --yes
+
+clean:
+	rm -rf $(VENV) build *.egg-info

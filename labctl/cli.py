@@ -1,0 +1,191 @@
+"""The click layer: parse arguments, call the core, print. Errors are caught once, in main()."""
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labctl import __version__
+from labctl.config import default_text, load_lab
+from labctl.errors import ConfigError, LabError
+from labctl.model import Lab
+from labctl.plan import Plan, plan_lab
+from labctl.render import plan_rows, render_plan_table, render_status_table, write_render
+from labctl.state import LabState
+
+
+@dataclass
+class Context:
+    config: Path | None
+    name: str | None
+    uri: str | None
+    quiet: bool
+    debug: bool
+
+    def lab(self) -> Lab:
+        return load_lab(self.config, self.name)
+
+    def plan(self) -> Plan:
+        return plan_lab(self.lab())
+
+    def state(self, lab: Lab) -> LabState:
+        return LabState.for_lab(lab.name)
+
+    def report(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", type=click.Path(dir_okay=False, path_type=Path), envvar="LABCTL_CONFIG",
+              help="lab.yaml to use (default: the built-in lab). Env: LABCTL_CONFIG.")
+@click.option("-n", "--name", envvar="LABCTL_NAME", help="Lab name, overriding the file's (labs live side by side).")
+@click.option("--connect", "uri", metavar="URI", help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only data and errors.")
+@click.option("--debug", is_flag=True, envvar="LABCTL_DEBUG", help="Show tracebacks.")
+@click.version_option(__version__, prog_name="labctl")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, name: str | None, uri: str | None, quiet: bool, debug: bool) -> None:
+    """Build a Kubernetes HA lab out of local virtual machines."""
+    ctx.obj = Context(config, name, uri, quiet, debug)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), default="lab.yaml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(file: Path, force: bool) -> None:
+    """Write the default lab, annotated, to FILE (default lab.yaml)."""
+    if file.exists() and not force:
+        raise ConfigError(str(file), "already exists; use --force to overwrite")
+    try:
+        file.write_text(default_text(), encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(str(file), f"cannot write: {err.strerror}") from err
+    click.echo(f"wrote {file}; edit it, then run: labctl --config {file} up", err=True)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def plan(ctx: Context, output: str) -> None:
+    """Print the plan: nodes, addresses, MACs. Touches no hypervisor."""
+    the_plan = ctx.plan()
+    if output == "json":
+        click.echo(json.dumps(plan_rows(the_plan), indent=2))
+    else:
+        click.echo(render_plan_table(the_plan), nl=False)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_ctx
+def render(ctx: Context, directory: Path) -> None:
+    """Write every artifact (seeds, ISOs, domain and network XML) into DIRECTORY for review."""
+    from labctl.accel import choose_accel, read_host_facts
+
+    the_plan = ctx.plan()
+    state = ctx.state(the_plan.lab)
+    accel = choose_accel(the_plan.lab.accel, read_host_facts())
+    written = write_render(the_plan, state, directory, accel.domain_type)
+    ctx.report(f"wrote {len(written)} files under {directory}")
+
+
+def _backend(ctx: Context) -> Any:
+    from labctl.backends.libvirt import LibvirtBackend
+
+    return LibvirtBackend.connect(ctx.uri)
+
+
+@cli.command()
+@pass_ctx
+def up(ctx: Context) -> None:
+    """Create what is missing, start what is stopped; a second run changes nothing."""
+    from labctl.accel import choose_accel
+    from labctl.imagesupply import image_for_lab
+    from labctl.lifecycle import up as apply_up
+
+    the_plan = ctx.plan()
+    backend = _backend(ctx)
+    accel = choose_accel(the_plan.lab.accel, backend.host_facts())
+    if accel.domain_type == "qemu":
+        ctx.report(f"accelerator: {accel.reason}")
+    image = image_for_lab(the_plan.lab, quiet=ctx.quiet)
+    changes = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
+    ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes running"
+               + ("" if changes else " (nothing changed)"))
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def status(ctx: Context, output: str) -> None:
+    """Each node's state and addresses."""
+    from labctl.lifecycle import status as lab_status
+
+    the_plan = ctx.plan()
+    rows = lab_status(the_plan, _backend(ctx), ctx.state(the_plan.lab))
+    if output == "json":
+        click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        click.echo(render_status_table(rows), nl=False)
+
+
+@cli.command()
+@click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@pass_ctx
+def destroy(ctx: Context, yes: bool) -> None:
+    """Remove the lab's domains, disks, seeds and networks (the shared base image stays)."""
+    from labctl.lifecycle import destroy as lab_destroy
+
+    lab = ctx.lab()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Destroy lab {lab.name} and everything it created?", abort=True, err=True)
+    removed = lab_destroy(lab.name, _backend(ctx), ctx.state(lab), ctx.report)
+    ctx.report(f"lab {lab.name}: removed {len(removed)} objects" if removed
+               else f"lab {lab.name}: nothing to remove")
+
+
+def _attach_optional_groups() -> None:
+    from labctl.cli_image import image
+
+    cli.add_command(image)
+
+
+_attach_optional_groups()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one place where errors become one line on stderr and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("LABCTL_DEBUG"))
+    try:
+        cli.main(args=argv, prog_name="labctl", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        click.echo("labctl: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except LabError as err:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"labctl: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("labctl: interrupted; run the same command again to resume, or `labctl destroy`", err=True)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the one place that turns a bug into one line
+        if debug:
+            traceback.print_exc()
+        first = " ".join(str(err).split())[:300]
+        click.echo(f"labctl: error: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)
+        sys.exit(1)

@@ -1,0 +1,98 @@
+"""up, status and destroy: the plan applied through a backend, step by step, idempotently."""
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from labctl.backends.base import Backend, BaseImage, LabObject, NodeRequest
+from labctl.libvirt_xml import Tag
+from labctl.plan import Plan
+from labctl.seed import build_seed_iso, render_seed
+from labctl.state import LabState
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    role: str
+    domain: str
+    state: str
+    addresses: tuple[str, ...]
+
+
+def lab_id_for(plan: Plan, backend: Backend, state: LabState) -> str:
+    """The lab's id: the state record's, else the one in libvirt's tags, else a new one."""
+    ids = backend.find_lab_ids(plan.lab.name)
+    recorded = state.record().get("id")
+    if recorded and ids and recorded not in ids:
+        # The state dir was recreated while the lab lives on: trust libvirt, it holds the objects.
+        state.save_record({**state.record(), "id": sorted(ids)[0]})
+    return state.lab_id(known=sorted(ids)[0] if ids else None)
+
+
+def seed_isos(plan: Plan, state: LabState) -> dict[str, bytes]:
+    """Every node's seed ISO, by node name."""
+    key = state.ssh_public_key()
+    return {node.name: build_seed_iso(render_seed(plan, node, key)) for node in plan.nodes}
+
+
+def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_type: str, report: Report) -> int:
+    """Create what is missing, keep what exists, start what is stopped. Returns the number of changes."""
+    lab = plan.lab
+    lab_id = lab_id_for(plan, backend, state)
+    state.save_record({**state.record(), "name": lab.name, "id": lab_id, "image_digest": image.digest})
+    changes = 0
+
+    def step(what: str, did: str) -> None:
+        nonlocal changes
+        changes += did not in ("exists", "running")
+        report(f"{what}: {did}")
+
+    step(f"base image {image.digest[:19]}…", backend.ensure_base_image(image))
+    for net in plan.networks:
+        step(f"network {net.libvirt_name}", backend.ensure_network(net, Tag(lab.name, lab_id, "network")))
+    seeds = seed_isos(plan, state)
+    for node in plan.nodes:
+        tag = Tag(lab.name, lab_id, "domain", node.role, node.name)
+        step(f"node {node.name}", backend.ensure_node(NodeRequest(node, tag, seeds[node.name], domain_type)))
+    for node in plan.nodes:
+        step(f"start {node.name}", backend.start_node(node))
+    return changes
+
+
+def lab_ids(lab: str, backend: Backend, state: LabState) -> set[str]:
+    ids = backend.find_lab_ids(lab)
+    recorded = state.record().get("id")
+    return ids | {str(recorded)} if recorded else ids
+
+
+def status(plan: Plan, backend: Backend, state: LabState) -> list[NodeStatus]:
+    """Each planned node's domain state and addresses; tagged domains no longer planned too."""
+    objects = backend.lab_objects(plan.lab.name, lab_ids(plan.lab.name, backend, state))
+    domains = {obj.name: obj for obj in objects if obj.kind == "domain"}
+    rows = []
+    for node in plan.nodes:
+        found = domains.pop(node.domain_name, None)
+        addresses = tuple(str(nic.address.ip) for nic in node.nics)
+        rows.append(NodeStatus(node.name, node.role, node.domain_name, found.state if found else "missing", addresses))
+    for extra in domains.values():
+        tag = extra.tag
+        rows.append(NodeStatus(tag.node if tag else extra.name, tag.role if tag else "?", extra.name,
+                               f"{extra.state} (not in plan)", ()))
+    return rows
+
+
+_REMOVAL_ORDER = {"domain": 0, "volume": 1, "network": 2}
+
+
+def destroy(lab: str, backend: Backend, state: LabState, report: Report) -> list[LabObject]:
+    """Remove every object tagged with ``lab`` and the lab's state; the shared base image stays."""
+    objects = backend.lab_objects(lab, lab_ids(lab, backend, state))
+    for obj in sorted(objects, key=lambda o: (_REMOVAL_ORDER[o.kind], o.name)):
+        backend.remove(obj)
+        report(f"removed {obj.kind} {obj.name}")
+    if state.root.exists():
+        shutil.rmtree(state.root)
+    return objects

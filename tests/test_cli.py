@@ -1,0 +1,101 @@
+"""The click layer: exit codes, stdout for data, stderr for messages, one-line errors."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import yaml
+from click.testing import CliRunner
+
+from labctl.cli import cli, main
+from labctl.seed import read_seed_iso
+
+
+def run(args, **kwargs):
+    """Run main() the way the console script does, capturing exit code, stdout and stderr."""
+    return subprocess.run([sys.executable, "-m", "labctl", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **kwargs.pop("env", {})}, **kwargs)
+
+
+def test_plan_table_and_json():
+    result = CliRunner().invoke(cli, ["plan"])
+    assert result.exit_code == 0, result.output
+    assert "master3" in result.output and "k8s-worker2" in result.output
+    result = CliRunner().invoke(cli, ["plan", "--output", "json"])
+    data = json.loads(result.output)
+    assert [n["name"] for n in data["nodes"]][:2] == ["gateway", "lb1"]
+    assert data["api"]["name"] == "api.k8s.internal"
+
+
+def test_name_override_on_the_command_line():
+    data = json.loads(CliRunner().invoke(cli, ["--name", "dev", "plan", "-o", "json"]).output)
+    assert data["lab"] == "dev" and data["nodes"][0]["domain"] == "dev-gateway"
+
+
+def test_init_writes_the_annotated_default_and_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "lab.yaml"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init", str(target)]).exit_code == 0
+    text = target.read_text()
+    assert "# " in text and yaml.safe_load(text)["name"] == "k8s"
+    again = run(["init", str(target)])
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"labctl: error: {target}: already exists; use --force to overwrite"
+
+
+def test_config_from_env_and_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "lab.yaml"
+    bad.write_text("nodes:\n  worker:\n    memory: 2G\n")
+    result = run(["plan"], env={"LABCTL_CONFIG": str(bad)})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == 'labctl: error: nodes.worker.memory: expected MiB ≥ 512, got "2G"\n'
+
+
+def test_usage_errors_exit_2():
+    result = run(["plan", "--output", "xml"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert run(["no-such-command"]).returncode == 2
+
+
+def test_render_writes_every_artifact(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["render", str(out)])
+    assert result.exit_code == 0, result.output
+    for node in ("gateway", "lb1", "master1", "worker2"):
+        for name in ("meta-data", "user-data", "network-config", "seed.iso", "domain.xml"):
+            assert (out / node / name).is_file()
+        files = read_seed_iso((out / node / "seed.iso").read_bytes())
+        assert files["user-data"] == (out / node / "user-data").read_bytes()
+    assert sorted(p.name for p in (out / "networks").iterdir()) == ["k8s-internal.xml", "k8s-nat.xml"]
+    assert stat.S_IMODE((out / "master1" / "user-data").stat().st_mode) == 0o600
+
+
+def test_state_dir_and_key_are_private(tmp_path, isolated_home):
+    CliRunner().invoke(cli, ["render", str(tmp_path / "r")])
+    state = isolated_home / "data" / "labctl" / "k8s"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "id_ed25519").stat().st_mode) == 0o600
+    assert (state / "id_ed25519.pub").read_text().startswith("ssh-ed25519 ")
+
+
+def test_libvirt_connection_failure_says_what_to_check(tmp_path):
+    uri = f"qemu+unix:///system?socket={tmp_path}/nothing-here"
+    result = run(["--connect", uri, "status"])
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"labctl: error: cannot connect to libvirt at {uri}")
+    assert "is libvirtd (or virtqemud) running" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("kaboom\nsecond line")
+
+    monkeypatch.setattr("labctl.cli.load_lab", boom)
+    try:
+        main(["plan"])
+    except SystemExit as done:
+        assert done.code == 1
+    err = capsys.readouterr().err
+    assert err == "labctl: error: internal error: RuntimeError: kaboom second line (rerun with --debug)\n"

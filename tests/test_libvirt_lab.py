@@ -1,0 +1,216 @@
+"""`labctl up`, `status` and `destroy` against a real libvirtd that this test run starts itself,
+inside its own network namespace (TCG). Where that cannot run (not root), the tagging and
+destroy-safety cases run against libvirt's in-process test:///default driver, and say so."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from labctl.accel import choose_accel, read_host_facts
+from labctl.backends.libvirt import LibvirtBackend
+from labctl.config import parse_lab
+from labctl.libvirt_xml import Tag, read_tag
+from labctl.lifecycle import destroy, lab_id_for
+from labctl.plan import plan_lab
+from labctl.state import LabState
+from tests.harness.libvirtd import PrivateLibvirtd, can_run
+
+CAN_RUN, WHY = can_run()
+NODES = ["gateway", "lb1", "master1", "master2", "master3", "worker1", "worker2"]
+
+LAB_YAML = """
+name: k8s
+image: {{path: {image}, sha256: {sha256}}}
+accel: {accel}
+kubernetes: {{enforce_minimums: false}}
+nodes:
+  gateway: {{memory: 512}}
+  lb: {{memory: 512}}
+  master: {{cpus: 1, memory: 512}}
+  worker: {{cpus: 1, memory: 512}}
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    if not CAN_RUN:
+        pytest.skip(f"no private libvirtd here ({WHY}); the test:///default cases below run instead")
+    base = Path("/tmp") / f"lc-{os.getpid()}-lab"  # short: unix socket paths are limited to 107 bytes
+    base.mkdir(exist_ok=True)
+    with PrivateLibvirtd(base) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def lab_env(daemon, tmp_path_factory):
+    work = tmp_path_factory.mktemp("lab")
+    image = work / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True, timeout=30)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    config = work / "lab.yaml"
+    # auto where it resolves to TCG (as on this PVM-only host), so the automatic choice is exercised;
+    # the private daemon has no /dev/kvm, so a host with working KVM gets tcg explicitly.
+    accel = "auto" if choose_accel("auto", read_host_facts()).domain_type == "qemu" else "tcg"
+    config.write_text(LAB_YAML.format(image=image, sha256=digest, accel=accel))
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(work / "data"),
+        "XDG_CACHE_HOME": str(work / "cache"),
+        "LABCTL_POOL_DIR": str(daemon.base_dir / "pool"),
+        "LABCTL_CONSOLE_DIR": str(daemon.base_dir / "console"),
+        "LABCTL_CONFIG": str(config),
+        "LIBVIRT_DEFAULT_URI": daemon.uri,
+    }
+    (daemon.base_dir / "console").mkdir(exist_ok=True)
+    return env
+
+
+def labctl(env, *args):
+    return subprocess.run([sys.executable, "-m", "labctl", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def snapshot(conn):
+    """Everything libvirt holds, by kind: names, uuids, states, tags."""
+    pool = conn.storagePoolLookupByName("labctl")
+    pool.refresh(0)
+    return {
+        "domains": sorted((d.name(), d.UUIDString(), d.isActive(), read_tag(d.XMLDesc(0)))
+                          for d in conn.listAllDomains()),
+        "networks": sorted((n.name(), n.UUIDString(), n.isActive()) for n in conn.listAllNetworks()),
+        "volumes": sorted(v.name() for v in pool.listAllVolumes()),
+    }
+
+
+def add_foreign_objects(conn, pool_dir):
+    """Objects the lab must never touch, some with the lab's name prefix or another lab's tag."""
+    conn.defineXML("<domain type='qemu'><name>k8s-foreign</name><memory unit='MiB'>64</memory>"
+                   "<os><type arch='x86_64'>hvm</type></os></domain>")
+    other = Tag("other", "fff", "domain", "master", "master1")
+    from labctl.libvirt_xml import _metadata  # the same metadata shape labctl writes
+
+    root = ET.fromstring("<domain type='qemu'><name>k8s-master9</name><memory unit='MiB'>64</memory>"
+                         "<os><type arch='x86_64'>hvm</type></os></domain>")
+    root.append(_metadata(other))
+    conn.defineXML(ET.tostring(root, encoding="unicode"))
+    conn.networkDefineXML("<network><name>k8s-extra</name><bridge name='k8sextra0'/></network>")
+    pool = conn.storagePoolLookupByName("labctl")
+    for name in ("k8s-master1-foreign.qcow2", "k8s-master1.qcow2", "k8s-notes-seed.iso"):
+        pool.createXML(f"<volume><name>{name}</name><capacity>1048576</capacity></volume>", 0)
+    return {"domains": {"k8s-foreign", "k8s-master9"}, "networks": {"k8s-extra"},
+            "volumes": {"k8s-master1-foreign.qcow2", "k8s-master1.qcow2", "k8s-notes-seed.iso"}}
+
+
+@pytest.mark.libvirt
+@pytest.mark.slow
+def test_up_status_destroy_against_a_real_libvirtd(daemon, lab_env):
+    first = labctl(lab_env, "up")
+    assert first.returncode == 0, first.stderr
+    assert "accelerator: " in first.stderr and "TCG" in first.stderr
+    conn = libvirt.open(daemon.uri)
+    try:
+        state = snapshot(conn)
+        domains = {name: (active, tag) for name, _, active, tag in state["domains"]}
+        assert sorted(domains) == sorted(f"k8s-{n}" for n in NODES)
+        assert all(active for active, _ in domains.values())
+        assert {tag.node for _, tag in domains.values()} == set(NODES)
+        assert all(tag.lab == "k8s" and tag.kind == "domain" for _, tag in domains.values())
+        assert [(n, a) for n, _, a in state["networks"]] == [("k8s-internal", 1), ("k8s-nat", 1)]
+        check_volumes(conn, state["volumes"])
+        check_domain_devices(conn)
+
+        second = labctl(lab_env, "up")
+        assert second.returncode == 0, second.stderr
+        assert "(nothing changed)" in second.stderr
+        assert snapshot(conn) == state
+
+        status = labctl(lab_env, "status", "--output", "json")
+        rows = json.loads(status.stdout)
+        assert [(r["name"], r["state"]) for r in rows] == [(n, "running") for n in NODES]
+
+        foreign = add_foreign_objects(conn, daemon.base_dir / "pool")
+        gone = labctl(lab_env, "destroy", "--yes")
+        assert gone.returncode == 0, gone.stderr
+        after = snapshot(conn)
+        assert {name for name, *_ in after["domains"]} == foreign["domains"]
+        assert {name for name, *_ in after["networks"]} == foreign["networks"]
+        base = [v for v in after["volumes"] if v.startswith("labctl-base-")]
+        assert set(after["volumes"]) - set(base) == foreign["volumes"]
+        assert len(base) == 2, "the shared base image (and its marker) stays"
+
+        again = labctl(lab_env, "destroy", "--yes")
+        assert again.returncode == 0 and "nothing to remove" in again.stderr
+    finally:
+        conn.close()
+
+
+def check_volumes(conn, volumes):
+    """One overlay and one seed per node, the overlays backed by the shared base (not copies)."""
+    pool = conn.storagePoolLookupByName("labctl")
+    overlays = [v for v in volumes if v.startswith("k8s-") and v.endswith(".qcow2")]
+    seeds = [v for v in volumes if v.endswith("-seed.iso")]
+    assert len(overlays) == len(NODES) and len(seeds) == len(NODES)
+    base = pool.storageVolLookupByName(next(v for v in volumes if v.startswith("labctl-base-") and
+                                            v.endswith(".qcow2")))
+    for name in overlays:
+        vol = pool.storageVolLookupByName(name)
+        root = ET.fromstring(vol.XMLDesc(0))
+        assert root.findtext("backingStore/path") == base.path()
+        assert vol.info()[2] < 4 << 20, "an overlay, not a copy of the base"
+
+
+def check_domain_devices(conn):
+    root = ET.fromstring(conn.lookupByName("k8s-gateway").XMLDesc(0))
+    assert root.get("type") == "qemu"
+    targets = [(d.find("target").get("dev"), d.find("target").get("bus")) for d in root.findall("devices/disk")]
+    assert targets == [("vda", "virtio"), ("vdb", "virtio")]
+    assert [i.find("source").get("network") for i in root.findall("devices/interface")] == ["k8s-nat", "k8s-internal"]
+
+
+# --- the fallback: libvirt's in-process test driver --------------------------------------------
+
+
+@pytest.fixture
+def test_driver():
+    if CAN_RUN:
+        print("private libvirtd available; test:///default cases run as a fast complement")
+    else:
+        print(f"NOTE: no private libvirtd ({WHY}); falling back to libvirt's test:///default driver")
+    conn = libvirt.open("test:///default")
+    yield LibvirtBackend(conn, pool_dir="/default-pool", console_dir="/tmp")
+    conn.close()
+
+
+def test_networks_tagging_and_destroy_safety_on_the_test_driver(test_driver, tmp_path):
+    backend = test_driver
+    plan = plan_lab(parse_lab("name: k8s", "t"))
+    state = LabState.for_lab("k8s", tmp_path)
+    lab_id = lab_id_for(plan, backend, state)
+    for net in plan.networks:
+        assert backend.ensure_network(net, Tag("k8s", lab_id, "network")) == "created"
+        assert backend.ensure_network(net, Tag("k8s", lab_id, "network")) == "exists"
+    backend.conn.networkDefineXML("<network><name>k8s-lookalike</name><bridge name='k8slook0'/></network>")
+    assert backend.find_lab_ids("k8s") == {lab_id}
+    assert lab_id_for(plan, backend, LabState.for_lab("k8s", tmp_path / "lost")) == lab_id, "id recovered from tags"
+    removed = destroy("k8s", backend, state, lambda _msg: None)
+    assert sorted(obj.name for obj in removed) == ["k8s-internal", "k8s-nat"]
+    names = {n.name() for n in backend.conn.listAllNetworks()}
+    assert "k8s-lookalike" in names and "k8s-nat" not in names
+    assert destroy("k8s", backend, state, lambda _msg: None) == []
+
+
+def test_foreign_network_with_the_lab_name_is_refused(test_driver):
+    backend = test_driver
+    plan = plan_lab(parse_lab("name: k8s", "t"))
+    backend.conn.networkDefineXML("<network><name>k8s-nat</name><bridge name='k8snat0'/></network>")
+    from labctl.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"network k8s-nat exists but is not part of lab k8s"):
+        backend.ensure_network(plan.network("nat"), Tag("k8s", "abc", "network"))

@@ -1,0 +1,71 @@
+"""Seed contents and the NoCloud ISO, read back with pycdlib."""
+
+import io
+
+import pycdlib
+import yaml
+
+from labctl.config import load_lab, parse_lab
+from labctl.plan import plan_lab
+from labctl.seed import build_seed_iso, read_seed_iso, render_seed
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests labctl-test"
+
+
+def test_user_data_common_part():
+    plan = plan_lab(load_lab())
+    node = plan.node("master1")
+    files = render_seed(plan, node, KEY)
+    text = files["user-data"].decode()
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    assert data["hostname"] == "master1" and data["fqdn"] == "master1.k8s.internal"
+    assert data["ssh_pwauth"] is False and data["disable_root"] is True
+    (user,) = data["users"]
+    assert user["name"] == "lab" and user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == [KEY]
+    assert "passwd" not in user and "plain_text_passwd" not in user
+    meta = yaml.safe_load(files["meta-data"])
+    assert meta == {"instance-id": node.uuid, "local-hostname": "master1"}
+
+
+def test_network_config_matches_nics_by_mac_and_routes_via_gateway():
+    plan = plan_lab(load_lab())
+    worker = plan.node("worker1")
+    config = yaml.safe_load(render_seed(plan, worker, KEY)["network-config"])
+    assert config["version"] == 2
+    lan = config["ethernets"]["lan0"]
+    assert lan["match"] == {"macaddress": worker.internal.mac}
+    assert lan["addresses"] == [str(worker.internal.address)]
+    assert lan["routes"] == [{"to": "0.0.0.0/0", "via": str(plan.gateway_address)}]
+    assert lan["nameservers"]["addresses"] == [str(plan.gateway_address)]
+    gateway = plan.node("gateway")
+    gw = yaml.safe_load(render_seed(plan, gateway, KEY)["network-config"])["ethernets"]
+    assert set(gw) == {"wan0", "lan0"}
+    assert gw["wan0"]["routes"][0]["via"] == str(plan.network("nat").host_address.ip)
+    assert "routes" not in gw["lan0"]
+
+
+def test_hostile_values_stay_data():
+    plan = plan_lab(parse_lab("domain: k8s.internal", "t"))
+    tricky = 'ssh-ed25519 AAAA"; rm -rf / #\n- evil: true'
+    data = yaml.safe_load(render_seed(plan, plan.node("lb1"), tricky)["user-data"])
+    assert data["users"][0]["ssh_authorized_keys"] == [tricky]
+
+
+def test_iso_is_nocloud_readable_and_byte_identical():
+    plan = plan_lab(load_lab())
+    files = render_seed(plan, plan.node("gateway"), KEY)
+    first, second = build_seed_iso(files), build_seed_iso(files)
+    assert first == second
+    assert read_seed_iso(first) == files
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(first))
+    try:
+        assert iso.pvd.volume_identifier.rstrip() == b"cidata"
+        assert iso.has_joliet() and iso.has_rock_ridge()
+        joliet = sorted(c.file_identifier().decode("utf-16_be") for c in iso.list_children(joliet_path="/")
+                        if c.is_file())
+        assert joliet == ["meta-data", "network-config", "user-data"]
+    finally:
+        iso.close()
