@@ -3,45 +3,17 @@
 import json
 import os
 import sys
+import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
 from labctl import __version__
-from labctl.config import default_text, load_lab
+from labctl.clictx import Context, pass_ctx
+from labctl.config import default_text
 from labctl.errors import ConfigError, LabError
-from labctl.model import Lab
-from labctl.plan import Plan, plan_lab
 from labctl.render import plan_rows, render_plan_table, render_status_table, write_render
-from labctl.state import LabState
-
-
-@dataclass
-class Context:
-    config: Path | None
-    name: str | None
-    uri: str | None
-    quiet: bool
-    debug: bool
-
-    def lab(self) -> Lab:
-        return load_lab(self.config, self.name)
-
-    def plan(self) -> Plan:
-        return plan_lab(self.lab())
-
-    def state(self, lab: Lab) -> LabState:
-        return LabState.for_lab(lab.name)
-
-    def report(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(message, err=True)
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,29 +70,36 @@ def render(ctx: Context, directory: Path) -> None:
     ctx.report(f"wrote {len(written)} files under {directory}")
 
 
-def _backend(ctx: Context) -> Any:
-    from labctl.backends.libvirt import LibvirtBackend
-
-    return LibvirtBackend.connect(ctx.uri)
-
-
 @cli.command()
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every node is ready.")
+@click.option("--timeout", type=click.IntRange(1, 86400), default=2700, show_default=True, metavar="SECONDS",
+              help="How long to wait for the lab to become ready (a cold cluster under TCG is slow).")
 @pass_ctx
-def up(ctx: Context) -> None:
-    """Create what is missing, start what is stopped; a second run changes nothing."""
+def up(ctx: Context, wait: bool, timeout: int) -> None:
+    """Create what is missing, start what is stopped, wait until every node is ready."""
     from labctl.accel import choose_accel
     from labctl.imagesupply import image_for_lab
+    from labctl.lifecycle import remove_seeds
     from labctl.lifecycle import up as apply_up
+    from labctl.readiness import PhaseView, log_reader, wait_ready
 
     the_plan = ctx.plan()
-    backend = _backend(ctx)
+    backend = ctx.backend()
     accel = choose_accel(the_plan.lab.accel, backend.host_facts())
     if accel.domain_type == "qemu":
         ctx.report(f"accelerator: {accel.reason}")
-    image = image_for_lab(the_plan.lab, quiet=ctx.quiet)
-    changes = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
-    ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes running"
-               + ("" if changes else " (nothing changed)"))
+    image = image_for_lab(the_plan.lab, quiet=ctx.quiet, base_dir=ctx.config.parent if ctx.config else None)
+    result = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
+    if not wait:
+        ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
+        return
+    paths = {node.name: backend.console_log(node) for node in the_plan.nodes}
+    view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
+    wait_ready(the_plan, log_reader(paths, result.console_offsets), view, timeout=timeout,
+               clock=time.monotonic, sleep=time.sleep)
+    remove_seeds(the_plan, backend, result.lab_id, ctx.report)
+    ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes ready"
+               + ("" if result.changes else " (nothing changed)"))
 
 
 @cli.command()
@@ -131,7 +110,7 @@ def status(ctx: Context, output: str) -> None:
     from labctl.lifecycle import status as lab_status
 
     the_plan = ctx.plan()
-    rows = lab_status(the_plan, _backend(ctx), ctx.state(the_plan.lab))
+    rows = lab_status(the_plan, ctx.backend(), ctx.state(the_plan.lab))
     if output == "json":
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
     else:
@@ -148,7 +127,7 @@ def destroy(ctx: Context, yes: bool) -> None:
     lab = ctx.lab()
     if not yes and sys.stdin.isatty():
         click.confirm(f"Destroy lab {lab.name} and everything it created?", abort=True, err=True)
-    removed = lab_destroy(lab.name, _backend(ctx), ctx.state(lab), ctx.report)
+    removed = lab_destroy(lab.name, ctx.backend(), ctx.state(lab), ctx.report)
     ctx.report(f"lab {lab.name}: removed {len(removed)} objects" if removed
                else f"lab {lab.name}: nothing to remove")
 

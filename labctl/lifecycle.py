@@ -38,8 +38,15 @@ def seed_isos(plan: Plan, state: LabState) -> dict[str, bytes]:
     return {node.name: build_seed_iso(render_seed(plan, node, key)) for node in plan.nodes}
 
 
-def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_type: str, report: Report) -> int:
-    """Create what is missing, keep what exists, start what is stopped. Returns the number of changes."""
+@dataclass(frozen=True)
+class UpResult:
+    changes: int
+    lab_id: str
+    console_offsets: dict[str, int]  # where each node's console log stood before this run started it
+
+
+def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_type: str, report: Report) -> UpResult:
+    """Create what is missing, keep what exists, start what is stopped."""
     lab = plan.lab
     lab_id = lab_id_for(plan, backend, state)
     state.save_record({**state.record(), "name": lab.name, "id": lab_id, "image_digest": image.digest})
@@ -57,9 +64,21 @@ def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_t
     for node in plan.nodes:
         tag = Tag(lab.name, lab_id, "domain", node.role, node.name)
         step(f"node {node.name}", backend.ensure_node(NodeRequest(node, tag, seeds[node.name], domain_type)))
+    offsets = {}
     for node in plan.nodes:
-        step(f"start {node.name}", backend.start_node(node))
-    return changes
+        log = backend.console_log(node)
+        before = log.stat().st_size if log is not None and log.exists() else 0
+        did = backend.start_node(node)
+        offsets[node.name] = before if did == "started" else 0  # a running node's last phase stands
+        step(f"start {node.name}", did)
+    return UpResult(changes, lab_id, offsets)
+
+
+def remove_seeds(plan: Plan, backend: Backend, lab_id: str, report: Report) -> None:
+    """Once every node is ready its seed (which holds secrets) is no longer needed: remove it."""
+    for node in plan.nodes:
+        if backend.remove_seed(node, Tag(plan.lab.name, lab_id, "domain", node.role, node.name)) == "removed":
+            report(f"seed of {node.name}: removed")
 
 
 def lab_ids(lab: str, backend: Backend, state: LabState) -> set[str]:

@@ -11,3 +11,13 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("LABCTL_CONFIG", raising=False)
     monkeypatch.delenv("LABCTL_NAME", raising=False)
     return home
+
+
+def pytest_report_header(config):
+    """Say up front whether the libvirt tests run against a real private libvirtd or fall back."""
+    from tests.harness.libvirtd import can_run
+
+    ok, why = can_run()
+    if ok:
+        return f"libvirt: real private libvirtd in a network namespace ({why})"
+    return f"libvirt: NO private libvirtd ({why}); libvirt tests fall back to test:///default in-process"

@@ -92,7 +92,7 @@ def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
     def boom(*_args, **_kwargs):
         raise RuntimeError("kaboom\nsecond line")
 
-    monkeypatch.setattr("labctl.cli.load_lab", boom)
+    monkeypatch.setattr("labctl.clictx.load_lab", boom)
     try:
         main(["plan"])
     except SystemExit as done:

@@ -1,11 +1,15 @@
 """The small interface every hypervisor backend implements (libvirt now, VirtualBox next)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from labctl.libvirt_xml import Tag
 from labctl.plan import NetworkPlan, NodePlan
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,14 @@ class Backend(Protocol):
         ...
 
     def remove(self, obj: LabObject) -> None: ...
+
+    def stop_node(self, node: NodePlan, timeout: float, clock: Clock, sleep: Sleep) -> str:
+        """Graceful shutdown bounded by ``timeout`` seconds, then forced."""
+        ...
+
+    def remove_seed(self, node: NodePlan, tag: Tag) -> str:
+        """Detach and delete the node's seed medium (it holds secrets)."""
+        ...
 
     def console_log(self, node: NodePlan) -> Path | None:
         """The node's serial console log, where the host can read it."""

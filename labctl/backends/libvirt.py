@@ -2,6 +2,7 @@
 
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from labctl.accel import HostFacts, read_host_facts
-from labctl.backends.base import BaseImage, LabObject, NodeRequest
+from labctl.backends.base import BaseImage, Clock, LabObject, NodeRequest, Sleep
 from labctl.errors import BackendError
 from labctl.libvirt_xml import DomainMedia, Tag, domain_xml, network_xml, pool_xml, read_tag, volume_xml
 from labctl.plan import NetworkPlan, NodePlan
@@ -251,6 +252,42 @@ class LibvirtBackend:
                 return "running"
             domain.create()
         return "started"
+
+    def stop_node(self, node: NodePlan, timeout: float, clock: Clock, sleep: Sleep) -> str:
+        """ACPI shutdown, waited for at most ``timeout`` seconds, then forced off."""
+        domain = _lookup(self.conn.lookupByName, node.domain_name, "domain")
+        if domain is None:
+            return "missing"
+        with _translated(f"stopping {node.domain_name}"):
+            if not domain.isActive():
+                return "stopped"
+            domain.shutdown()
+            deadline = clock() + timeout
+            while clock() < deadline:
+                if not domain.isActive():
+                    return "shut down"
+                sleep(1.0)
+            domain.destroy()
+        return "forced off"
+
+    def remove_seed(self, node: NodePlan, tag: Tag) -> str:
+        """Detach the seed disk (it holds secrets), live and persistently, and delete its volume."""
+        _, seed = volume_names(tag.lab, node.name, tag.lab_id)
+        domain = _lookup(self.conn.lookupByName, node.domain_name, "domain")
+        did = "absent"
+        if domain is not None:
+            with _translated(f"detaching the seed of {node.domain_name}"):
+                flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+                if domain.isActive():
+                    flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+                for disk in ET.fromstring(domain.XMLDesc(0)).findall("devices/disk"):
+                    source = disk.find("source")
+                    if source is not None and source.get("volume") == seed:
+                        domain.detachDeviceFlags(ET.tostring(disk, encoding="unicode"), flags)
+                        did = "removed"
+        if self._delete_volume(self.pool(), seed):
+            did = "removed"
+        return did
 
     def console_log(self, node: NodePlan) -> Path | None:
         return Path(self.console_dir) / f"{node.domain_name}.console.log" if self.is_local else None

@@ -1,0 +1,42 @@
+"""What every CLI command gets: the global options, and the lab, plan and state they select."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from labctl.config import load_lab
+from labctl.model import Lab
+from labctl.plan import Plan, plan_lab
+from labctl.state import LabState
+
+
+@dataclass
+class Context:
+    config: Path | None
+    name: str | None
+    uri: str | None
+    quiet: bool
+    debug: bool
+
+    def lab(self) -> Lab:
+        return load_lab(self.config, self.name)
+
+    def plan(self) -> Plan:
+        return plan_lab(self.lab())
+
+    def state(self, lab: Lab) -> LabState:
+        return LabState.for_lab(lab.name)
+
+    def backend(self) -> Any:
+        from labctl.backends.libvirt import LibvirtBackend
+
+        return LibvirtBackend.connect(self.uri)
+
+    def report(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+
+pass_ctx = click.make_pass_decorator(Context)

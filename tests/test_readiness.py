@@ -1,0 +1,127 @@
+"""Phases from console text, the waiting loop (fake clock), and what the user sees."""
+
+import io
+
+import pytest
+
+from labctl.config import parse_lab
+from labctl.errors import ProvisionError
+from labctl.plan import plan_lab
+from labctl.readiness import PhaseEvent, PhaseView, console_tail, log_reader, parse_phases, wait_ready
+
+CONSOLE = """\
+[    1.234] Linux version 6.1.0-cloud-amd64
+\x1b[0m[  OK  ] Started cloud-init.service
+labctl-phase: master1 packages\r
+labctl-phase: master2 packages
+cloud-init[812]: labctl-phase: master1 containerd
+labctl-phase: master1 failed kubeadm-init
+"""
+
+
+def test_parse_phases_picks_the_node_and_the_failed_step():
+    assert parse_phases(CONSOLE, "master1") == [
+        PhaseEvent("master1", "packages"), PhaseEvent("master1", "containerd"),
+        PhaseEvent("master1", "failed", "kubeadm-init")]
+    assert parse_phases(CONSOLE, "master2") == [PhaseEvent("master2", "packages")]
+    assert parse_phases(CONSOLE, "master3") == []
+    assert parse_phases("labctl-phase: master10 ready", "master1") == []
+
+
+def test_console_tail_strips_control_sequences():
+    tail = console_tail(CONSOLE, 2)
+    assert tail == ["cloud-init[812]: labctl-phase: master1 containerd", "labctl-phase: master1 failed kubeadm-init"]
+    assert console_tail(CONSOLE)[1] == "[  OK  ] Started cloud-init.service"
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 1000.0
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def small_plan():
+    return plan_lab(parse_lab("nodes: {worker: {count: 0}, master: {count: 1}}", "t"))
+
+
+def scripted(timeline, fake):
+    """Console text that grows with the fake clock: {node: [(at_seconds, line), …]}."""
+    def read(name):
+        return "".join(line + "\n" for at, line in timeline.get(name, []) if fake.now - 1000.0 >= at)
+    return read
+
+
+def test_wait_until_every_node_is_ready_plain_lines():
+    fake, out = FakeTime(), io.StringIO()
+    plan = small_plan()
+    timeline = {name: [(4, f"labctl-phase: {name} prepare"), (10, f"labctl-phase: {name} ready")]
+                for name in plan.node_names}
+    progress = wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
+                          clock=fake.clock, sleep=fake.sleep)
+    assert progress.all_ready
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == ["gateway: booting", "lb1: booting", "master1: booting"]
+    assert "master1: prepare" in lines and lines[-1].endswith(": ready")
+    assert fake.now - 1000.0 == 10, "stopped polling as soon as all were ready"
+
+
+def test_failure_names_node_and_step_and_shows_the_console_tail():
+    fake, out = FakeTime(), io.StringIO()
+    plan = small_plan()
+    timeline = {"gateway": [(0, "labctl-phase: gateway ready")],
+                "lb1": [(0, "labctl-phase: lb1 ready")],
+                "master1": [(2, "kubeadm: something broke"), (2, "labctl-phase: master1 failed kubeadm-init")]}
+    with pytest.raises(ProvisionError) as caught:
+        wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
+                   clock=fake.clock, sleep=fake.sleep)
+    message = str(caught.value)
+    assert message.startswith("node master1 failed at step kubeadm-init")
+    assert "labctl logs master1" in message and "labctl ssh master1" in message and "\n" not in message
+    assert "kubeadm: something broke" in out.getvalue()
+
+
+def test_timeout_lists_who_is_not_ready():
+    fake = FakeTime()
+    plan = small_plan()
+    timeline = {"gateway": [(0, "labctl-phase: gateway ready")], "lb1": [(5, "labctl-phase: lb1 haproxy")]}
+    with pytest.raises(ProvisionError, match=r"not ready after 30s: lb1 \(haproxy\), master1 \(booting\)"):
+        wait_ready(plan, scripted(timeline, fake), PhaseView(io.StringIO(), tty=False), timeout=30,
+                   clock=fake.clock, sleep=fake.sleep)
+    assert fake.now - 1000.0 <= 32, "bounded"
+
+
+def test_tty_view_redraws_a_table():
+    fake, out = FakeTime(), io.StringIO()
+    plan = small_plan()
+    timeline = {name: [(2, f"labctl-phase: {name} ready")] for name in plan.node_names}
+    wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=True), timeout=60,
+               clock=fake.clock, sleep=fake.sleep)
+    text = out.getvalue()
+    assert text.count("NODE") == 2 and "\x1b[4F\x1b[J" in text
+    assert "master1    master   ready" in text
+
+
+def test_quiet_view_prints_nothing():
+    out = io.StringIO()
+    fake = FakeTime()
+    plan = small_plan()
+    timeline = {name: [(0, f"labctl-phase: {name} ready")] for name in plan.node_names}
+    wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=False, quiet=True), timeout=5,
+               clock=fake.clock, sleep=fake.sleep)
+    assert out.getvalue() == ""
+
+
+def test_log_reader_reads_from_the_offset(tmp_path):
+    log = tmp_path / "k8s-lb1.console.log"
+    log.write_text("labctl-phase: lb1 ready\n")
+    offset = log.stat().st_size
+    with log.open("a") as handle:
+        handle.write("labctl-phase: lb1 haproxy\n")
+    read = log_reader({"lb1": log, "gateway": tmp_path / "missing.log", "master1": None}, {"lb1": offset})
+    assert read("lb1") == "labctl-phase: lb1 haproxy\n"
+    assert read("gateway") == "" and read("master1") == ""
