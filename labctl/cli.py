@@ -89,15 +89,16 @@ def up(ctx: Context, wait: bool, timeout: int) -> None:
     if accel.domain_type == "qemu":
         ctx.report(f"accelerator: {accel.reason}")
     image = image_for_lab(the_plan.lab, quiet=ctx.quiet, base_dir=ctx.config.parent if ctx.config else None)
-    result = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
-    if not wait:
-        ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
-        return
-    paths = {node.name: backend.console_log(node) for node in the_plan.nodes}
-    view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
-    wait_ready(the_plan, log_reader(paths, result.console_offsets), view, timeout=timeout,
-               clock=time.monotonic, sleep=time.sleep)
-    remove_seeds(the_plan, backend, result.lab_id, ctx.report)
+    with ctx.locked(the_plan.lab, "up"):
+        result = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
+        if not wait:
+            ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
+            return
+        paths = {node.name: backend.console_log(node) for node in the_plan.nodes}
+        view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
+        wait_ready(the_plan, log_reader(paths, result.console_offsets), view, timeout=timeout,
+                   clock=time.monotonic, sleep=time.sleep)
+        remove_seeds(the_plan, backend, result.lab_id, ctx.report)
     ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes ready"
                + ("" if result.changes else " (nothing changed)"))
 
@@ -127,7 +128,8 @@ def destroy(ctx: Context, yes: bool) -> None:
     lab = ctx.lab()
     if not yes and sys.stdin.isatty():
         click.confirm(f"Destroy lab {lab.name} and everything it created?", abort=True, err=True)
-    removed = lab_destroy(lab.name, ctx.backend(), ctx.state(lab), ctx.report)
+    with ctx.locked(lab, "destroy"):
+        removed = lab_destroy(lab.name, ctx.backend(), ctx.state(lab), ctx.report)
     ctx.report(f"lab {lab.name}: removed {len(removed)} objects" if removed
                else f"lab {lab.name}: nothing to remove")
 

@@ -1,5 +1,7 @@
 """What every CLI command gets: the global options, and the lab, plan and state they select."""
 
+import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -7,6 +9,7 @@ from typing import Any
 import click
 
 from labctl.config import load_lab
+from labctl.lock import lab_lock
 from labctl.model import Lab
 from labctl.plan import Plan, plan_lab
 from labctl.state import LabState
@@ -33,6 +36,10 @@ class Context:
         from labctl.backends.libvirt import LibvirtBackend
 
         return LibvirtBackend.connect(self.uri)
+
+    def locked(self, lab: Lab, command: str) -> AbstractContextManager[None]:
+        """The lab's lock, for commands that change it (up, destroy, stop, start)."""
+        return lab_lock(self.state(lab), command, clock=time.monotonic, sleep=time.sleep)
 
     def report(self, message: str) -> None:
         if not self.quiet:

@@ -5,6 +5,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from labctl.backends.base import Backend, BaseImage, LabObject, NodeRequest
+from labctl.drift import plan_fingerprint, unappliable_changes
+from labctl.errors import ConfigError
 from labctl.libvirt_xml import Tag
 from labctl.plan import Plan
 from labctl.seed import build_seed_iso, render_seed
@@ -48,8 +50,17 @@ class UpResult:
 def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_type: str, report: Report) -> UpResult:
     """Create what is missing, keep what exists, start what is stopped."""
     lab = plan.lab
+    wanted = plan_fingerprint(plan)
+    built = state.record().get("built")
+    if built and backend.find_lab_ids(lab.name):
+        refused = unappliable_changes(built, wanted)
+        if refused:
+            raise ConfigError("", f"lab.yaml changed under the existing lab {lab.name}; cannot apply in place: "
+                              + ", ".join(refused), "revert those changes, or rebuild with "
+                              "`labctl destroy --yes` then `labctl up`")
     lab_id = lab_id_for(plan, backend, state)
-    state.save_record({**state.record(), "name": lab.name, "id": lab_id, "image_digest": image.digest})
+    state.save_record({**state.record(), "name": lab.name, "id": lab_id, "image_digest": image.digest,
+                       "built": wanted})
     changes = 0
 
     def step(what: str, did: str) -> None:
@@ -112,6 +123,18 @@ def destroy(lab: str, backend: Backend, state: LabState, report: Report) -> list
     for obj in sorted(objects, key=lambda o: (_REMOVAL_ORDER[o.kind], o.name)):
         backend.remove(obj)
         report(f"removed {obj.kind} {obj.name}")
-    if state.root.exists():
-        shutil.rmtree(state.root)
+    _remove_state(state)
     return objects
+
+
+def _remove_state(state: LabState) -> None:
+    """Everything in the state dir goes, but the lock file the running command holds."""
+    if not state.root.exists():
+        return
+    for entry in state.root.iterdir():
+        if entry.name == "lock":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

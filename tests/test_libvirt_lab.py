@@ -132,6 +132,14 @@ def test_up_status_destroy_against_a_real_libvirtd(daemon, lab_env):
                    if line.startswith(("base image", "network", "node", "start"))), second.stderr
         assert snapshot(conn) == state
 
+        changed = Path(lab_env["LABCTL_CONFIG"]).with_name("changed.yaml")
+        changed.write_text(Path(lab_env["LABCTL_CONFIG"]).read_text()
+                           + "networks: {internal: {cidr: 10.150.0.0/24}}\n")
+        refused = labctl({**lab_env, "LABCTL_CONFIG": str(changed)}, "up", "--no-wait")
+        assert refused.returncode == 1
+        assert "cannot apply in place: networks.internal.cidr" in refused.stderr
+        assert refused.stderr.count("labctl: error:") == 1 and snapshot(conn) == state
+
         status = labctl(lab_env, "status", "--output", "json")
         rows = json.loads(status.stdout)
         assert [(r["name"], r["state"]) for r in rows] == [(n, "running") for n in NODES]
