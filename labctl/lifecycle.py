@@ -8,6 +8,7 @@ from labctl.backends.base import Backend, BaseImage, LabObject, NodeRequest
 from labctl.drift import plan_fingerprint, unappliable_changes
 from labctl.errors import ConfigError
 from labctl.libvirt_xml import Tag
+from labctl.pki import ensure_secrets
 from labctl.plan import Plan
 from labctl.seed import build_seed_iso, render_seed
 from labctl.state import LabState
@@ -36,8 +37,8 @@ def lab_id_for(plan: Plan, backend: Backend, state: LabState) -> str:
 
 def seed_isos(plan: Plan, state: LabState) -> dict[str, bytes]:
     """Every node's seed ISO, by node name."""
-    key = state.ssh_public_key()
-    return {node.name: build_seed_iso(render_seed(plan, node, key)) for node in plan.nodes}
+    secrets = ensure_secrets(state, plan)
+    return {node.name: build_seed_iso(render_seed(plan, node, secrets)) for node in plan.nodes}
 
 
 @dataclass(frozen=True)

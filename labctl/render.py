@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from labctl.libvirt_xml import DomainMedia, Tag, domain_xml, network_xml
+from labctl.pki import ensure_secrets
 from labctl.plan import Plan
 from labctl.seed import build_seed_iso, render_seed
 from labctl.state import LabState, write_private
@@ -68,7 +69,7 @@ def write_render(plan: Plan, state: LabState, directory: Path, domain_type: str)
     """Every artifact per node (seed files, seed ISO, domain XML) and the network XMLs."""
     lab = plan.lab
     lab_id = state.record().get("id") or RENDER_LAB_ID
-    key = state.ssh_public_key()
+    secrets = ensure_secrets(state, plan)
     written: list[Path] = []
     networks = {net.key: net.libvirt_name for net in plan.networks}
     for net in plan.networks:
@@ -76,7 +77,7 @@ def write_render(plan: Plan, state: LabState, directory: Path, domain_type: str)
         written.append(_write(path, network_xml(net, Tag(lab.name, lab_id, "network")).encode()))
     for node in plan.nodes:
         node_dir = directory / node.name
-        files = render_seed(plan, node, key)
+        files = render_seed(plan, node, secrets)
         for name, data in files.items():
             written.append(_write(node_dir / name, data))
         written.append(_write(node_dir / "seed.iso", build_seed_iso(files)))

@@ -14,16 +14,31 @@ import pycdlib.headervd
 import pycdlib.pycdlib
 import yaml
 
+from labctl.errors import LabError
+from labctl.pki import LabSecrets
 from labctl.plan import NodePlan, Plan
 from labctl.resources import read_text
+from labctl.roleconf import NIC_NAMES
+from labctl.roles import role_config
 
 SEED_FILES = ("meta-data", "user-data", "network-config")
 FIXED_EPOCH = 946684800  # 2000-01-01T00:00:00Z: every timestamp in a seed ISO
-NIC_NAMES = {"nat": "wan0", "internal": "lan0"}
+
+
+class _SeedDumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings (scripts, PEM, configs) as readable literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_SeedDumper.add_representer(str, _represent_str)
 
 
 def dump_yaml(data: Mapping[str, Any], header: str = "") -> str:
-    return header + yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, width=1000)
+    return header + yaml.dump(dict(data), Dumper=_SeedDumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
 def render_meta_data(node: NodePlan) -> str:
@@ -56,8 +71,9 @@ def _default_route(plan: Plan, node: NodePlan, network: str, nat_host: Any) -> s
     return str(plan.gateway_address) if network == "internal" else None
 
 
-def render_user_data(plan: Plan, node: NodePlan, ssh_public_key: str) -> str:
-    """The #cloud-config of ``node``: common settings, hostname, and the lab user with the lab key."""
+def render_user_data(plan: Plan, node: NodePlan, secrets: LabSecrets) -> str:
+    """The #cloud-config of ``node``: common settings, hostname, the lab user with the lab key only,
+    and what its role writes and runs on first boot (:func:`labctl.roles.role_config`)."""
     data: dict[str, Any] = yaml.safe_load(read_text("cloud-init", "common.yaml"))
     data.update(
         {
@@ -71,19 +87,24 @@ def render_user_data(plan: Plan, node: NodePlan, ssh_public_key: str) -> str:
                     "sudo": "ALL=(ALL) NOPASSWD:ALL",
                     "shell": "/bin/bash",
                     "lock_passwd": True,
-                    "ssh_authorized_keys": [ssh_public_key],
+                    "ssh_authorized_keys": [secrets.ssh_user_key.public],
                 }
             ],
         }
     )
+    role = role_config(plan, node, secrets)
+    clash = sorted(data.keys() & role.keys())
+    if clash:
+        raise LabError(f"role content of {node.name} would override common user-data keys: {', '.join(clash)}")
+    data.update(role)
     return dump_yaml(data, "#cloud-config\n")
 
 
-def render_seed(plan: Plan, node: NodePlan, ssh_public_key: str) -> dict[str, bytes]:
-    """The three NoCloud files of ``node``, by file name."""
+def render_seed(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, bytes]:
+    """The three NoCloud files of ``node``, by file name. user-data carries secrets: keep it private."""
     return {
         "meta-data": render_meta_data(node).encode(),
-        "user-data": render_user_data(plan, node, ssh_public_key).encode(),
+        "user-data": render_user_data(plan, node, secrets).encode(),
         "network-config": render_network_config(plan, node).encode(),
     }
 
