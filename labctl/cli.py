@@ -6,10 +6,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from labctl import __version__
+from labctl.cli_host import register as register_host_commands
 from labctl.clictx import Context, pass_ctx
 from labctl.config import default_text
 from labctl.errors import ConfigError, LabError
@@ -78,6 +80,8 @@ def render(ctx: Context, directory: Path) -> None:
 def up(ctx: Context, wait: bool, timeout: int) -> None:
     """Create what is missing, start what is stopped, wait until every node is ready."""
     from labctl.accel import choose_accel
+    from labctl.doctor import refuse_if_blocked, run_checks
+    from labctl.doctor_facts import Probes, gather_facts
     from labctl.imagesupply import image_for_lab
     from labctl.lifecycle import remove_seeds
     from labctl.lifecycle import up as apply_up
@@ -88,7 +92,9 @@ def up(ctx: Context, wait: bool, timeout: int) -> None:
     accel = choose_accel(the_plan.lab.accel, backend.host_facts())
     if accel.domain_type == "qemu":
         ctx.report(f"accelerator: {accel.reason}")
-    image = image_for_lab(the_plan.lab, quiet=ctx.quiet, base_dir=ctx.config.parent if ctx.config else None)
+    facts = gather_facts(the_plan, lambda: backend, backend.conn.getURI(), probes=Probes(host_facts=backend.host_facts))
+    refuse_if_blocked(run_checks(the_plan, facts))
+    image = image_for_lab(the_plan.lab, quiet=ctx.quiet)
     with ctx.locked(the_plan.lab, "up"):
         result = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
         if not wait:
@@ -141,32 +147,51 @@ def _attach_optional_groups() -> None:
 
 
 _attach_optional_groups()
+register_host_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one place where errors become one line on stderr and an exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("LABCTL_DEBUG"))
     try:
-        cli.main(args=argv, prog_name="labctl", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="labctl", standalone_mode=False)
+        if isinstance(code, int) and code:  # ctx.exit(n) returns n when not standalone
+            sys.exit(code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        click.echo("labctl: aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except LabError as err:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"labctl: error: {err}", err=True)
-        sys.exit(err.exit_code)
+    except (click.ClickException, click.Abort) as err:
+        sys.exit(_click_error(err))
     except KeyboardInterrupt:
-        click.echo("labctl: interrupted; run the same command again to resume, or `labctl destroy`", err=True)
-        sys.exit(130)
-    except Exception as err:  # noqa: BLE001 - the one place that turns a bug into one line
+        _interrupted()
+    except Exception as err:  # noqa: BLE001 - the one place that turns any error into one line
         if debug:
             traceback.print_exc()
-        first = " ".join(str(err).split())[:300]
+        if isinstance(err, LabError):
+            click.echo(f"labctl: error: {err}", err=True)
+            sys.exit(err.exit_code)
+        first = _one_line(str(err))[:300]
         click.echo(f"labctl: error: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)
         sys.exit(1)
+
+
+def _click_error(err: click.ClickException | click.Abort) -> int:
+    if isinstance(err, click.Abort):
+        if isinstance(err.__context__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            _interrupted()
+        click.echo("labctl: aborted", err=True)
+        return 1
+    if isinstance(err, click.UsageError):
+        where = err.ctx.command_path if err.ctx else "labctl"
+        click.echo(f"labctl: error: {_one_line(err.format_message())} (see `{where} --help`)", err=True)
+        return 2
+    click.echo(f"labctl: error: {_one_line(err.format_message())}", err=True)
+    return err.exit_code
+
+
+def _interrupted() -> NoReturn:
+    click.echo("labctl: interrupted; run the same command again to resume, or `labctl destroy`", err=True)
+    sys.exit(130)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

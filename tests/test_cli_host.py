@@ -1,0 +1,225 @@
+"""The host-side commands through main(): exit codes, stdout for data, one-line errors. Nothing is exec'd
+(execvp is replaced by a recorder) and nothing goes on the network (the resolver and the backend are faked)."""
+
+import os
+import shutil
+import socket
+import stat
+
+import pytest
+import yaml
+from click.shell_completion import ShellComplete
+
+from labctl import access
+from labctl.cli import cli, main
+from labctl.clictx import Context
+from labctl.config import load_lab
+from labctl.doctor import OK, Check, Facts
+from labctl.pki import ensure_secrets
+from labctl.plan import plan_lab
+from labctl.state import LabState
+
+
+def run(capsys, *args):
+    """main() in-process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def plan():
+    return plan_lab(load_lab())
+
+
+@pytest.fixture(scope="module")
+def secrets_dir(tmp_path_factory):
+    """One lab's key and PKI, made once (RSA keys are slow) and copied into each test's state dir."""
+    state = LabState.for_lab("k8s", base=tmp_path_factory.mktemp("data"))
+    ensure_secrets(state, plan_lab(load_lab()))
+    return state.root
+
+
+@pytest.fixture
+def created(plan, secrets_dir):
+    """A lab that `up` has recorded (ssh, ssh-config and kubeconfig need one)."""
+    state = LabState.for_lab(plan.lab.name)
+    shutil.copytree(secrets_dir, state.root)
+    state.save_record({"name": plan.lab.name, "id": "0123456789ab"})
+    return state
+
+
+@pytest.fixture
+def execs(monkeypatch):
+    seen = []
+    monkeypatch.setattr(access.os, "execvp", lambda file, args: seen.append(list(args)))
+    return seen
+
+
+@pytest.fixture(autouse=True)
+def no_default_uri(monkeypatch):
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+
+
+def test_ssh_execs_openssh_with_the_lab_files(capsys, plan, created, execs):
+    code, out, err = run(capsys, "ssh", "master1")
+    assert (code, out, err) == (0, "", "")
+    assert execs == [access.ssh_argv(plan, created, "master1", [], via_gateway=False)]
+    assert (created.root / "known_hosts").read_text().count("ssh-ed25519") == len(plan.nodes)
+    assert stat.S_IMODE((created.root / "ssh_config").stat().st_mode) == 0o600
+
+
+def test_ssh_passes_the_command_and_its_options_through(capsys, plan, created, execs):
+    assert run(capsys, "ssh", "worker1", "--", "ls", "-l", "/etc")[0] == 0
+    assert run(capsys, "ssh", "worker1", "uname", "-a")[0] == 0  # options after NODE belong to the command
+    assert execs[0][-4:] == [f"lab@{plan.node('worker1').internal.address.ip}", "ls", "-l", "/etc"]
+    assert execs[1][-2:] == ["uname", "-a"] and "BatchMode=yes" in execs[1]
+
+
+def test_ssh_to_a_remote_hypervisor_jumps_through_it_and_the_gateway(capsys, plan, created, execs):
+    assert run(capsys, "--connect", "qemu+ssh://root@hv.example/system", "ssh", "master2")[0] == 0
+    assert execs[0][execs[0].index("-J") + 1] == f"root@hv.example,lab@{access.gateway_address(plan)}"
+    assert run(capsys, "ssh", "--jump", "me@hv2", "master2")[0] == 0
+    assert execs[1][execs[1].index("-J") + 1] == f"me@hv2,lab@{access.gateway_address(plan)}"
+
+
+def test_ssh_unknown_node_lists_the_valid_names(capsys, created, execs):
+    code, out, err = run(capsys, "ssh", "mastr1")
+    assert code == 1 and out == "" and execs == []
+    assert err == ("labctl: error: unknown node 'mastr1'; nodes of lab k8s: gateway, lb1, master1, master2, "
+                   "master3, worker1, worker2 (did you mean 'master1'?)\n")
+
+
+def test_ssh_before_up_says_so(capsys, execs):
+    code, _, err = run(capsys, "ssh", "master1")
+    assert code == 1 and "lab k8s has not been created on this host" in err and "labctl up" in err
+
+
+def test_ssh_config_prints_host_blocks(capsys, plan, created):
+    code, out, _ = run(capsys, "ssh-config")
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("Host ")] == [
+        f"k8s-{name}" for name in plan.node_names]
+    assert f"    HostName {plan.node('lb1').internal.address.ip}" in out
+    assert f"    UserKnownHostsFile {created.root / 'known_hosts'}" in out and "StrictHostKeyChecking yes" in out
+    assert (created.root / "known_hosts").exists()
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    def unresolvable(host, port, *args):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+
+
+def test_kubeconfig_prints_writes_and_merges(capsys, plan, created, no_dns, tmp_path, monkeypatch):
+    code, out, _ = run(capsys, "kubeconfig")
+    assert code == 0
+    printed = yaml.safe_load(out)
+    assert printed["clusters"][0]["cluster"]["server"] == f"https://{plan.api_address}:6443"
+
+    target = tmp_path / "lab.kubeconfig"
+    code, out, err = run(capsys, "kubeconfig", "--output", str(target))
+    assert code == 0 and out == "" and str(target) in err
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and yaml.safe_load(target.read_text()) == printed
+
+    existing = tmp_path / "kube" / "config"
+    existing.parent.mkdir()
+    existing.write_text(yaml.safe_dump({"clusters": [{"name": "prod", "cluster": {"server": "https://p"}}],
+                                        "current-context": "prod"}))
+    monkeypatch.setenv("KUBECONFIG", f"{existing}{os.pathsep}{tmp_path / 'other'}")
+    assert run(capsys, "kubeconfig", "--merge")[0] == 0
+    merged = yaml.safe_load(existing.read_text())
+    assert [c["name"] for c in merged["clusters"]] == ["prod", "labctl-k8s"]
+    assert merged["current-context"] == "labctl-k8s"
+
+
+def test_kubeconfig_output_and_merge_exclude_each_other(capsys, created):
+    code, _, err = run(capsys, "kubeconfig", "--merge", "--output", "x")
+    assert code == 2 and "exclude each other" in err
+
+
+def test_console_execs_virsh(capsys, execs):
+    assert run(capsys, "--connect", "qemu:///system", "console", "worker2")[0] == 0
+    assert execs == [["virsh", "-c", "qemu:///system", "console", "k8s-worker2"]]
+
+
+class FakeBackend:
+    def __init__(self, console_dir=None):
+        self.calls = []
+        self.console_dir = console_dir
+
+    def console_log(self, node):
+        return self.console_dir / f"{node.domain_name}.console.log" if self.console_dir else None
+
+    def stop_node(self, node, timeout, clock, sleep):
+        self.calls.append(("stop", node.name, timeout))
+        return "shut down"
+
+    def start_node(self, node):
+        self.calls.append(("start", node.name))
+        return "started"
+
+
+@pytest.fixture
+def backend(monkeypatch, tmp_path):
+    fake = FakeBackend(tmp_path)
+    monkeypatch.setattr(Context, "backend", lambda self: fake)
+    return fake
+
+
+def test_logs_prints_the_console_log(capsys, backend, tmp_path):
+    (tmp_path / "k8s-lb1.console.log").write_bytes(b"[  OK  ] Reached target cloud-init\n")
+    assert run(capsys, "logs", "lb1") == (0, "[  OK  ] Reached target cloud-init\n", "")
+    code, _, err = run(capsys, "logs", "lb2")
+    assert code == 1 and "unknown node 'lb2'" in err
+    code, _, err = run(capsys, "logs", "master1")
+    assert code == 1 and "no console log for master1 yet" in err
+
+
+def test_logs_of_a_remote_lab_read_cloud_init_over_ssh(capsys, backend, created, execs):
+    backend.console_dir = None
+    assert run(capsys, "logs", "--follow", "master1")[0] == 0
+    assert execs[0][-6:] == ["sudo", "tail", "-n", "+1", "-F", "/var/log/cloud-init-output.log"]
+
+
+def test_stop_goes_in_reverse_boot_order_and_start_in_boot_order(capsys, backend, plan):
+    code, out, err = run(capsys, "stop", "--timeout", "30")
+    assert code == 0 and out == ""
+    assert [call[1] for call in backend.calls] == list(reversed(plan.node_names))
+    assert {call[2] for call in backend.calls} == {30}
+    assert "stop gateway: shut down" in err.splitlines()[-1]
+    backend.calls.clear()
+    assert run(capsys, "start", "worker1", "gateway")[0] == 0
+    assert backend.calls == [("start", "gateway"), ("start", "worker1")]
+
+
+def test_stop_unknown_node_touches_nothing(capsys, backend):
+    code, _, err = run(capsys, "stop", "master1", "nope")
+    assert code == 1 and "unknown node 'nope'" in err and backend.calls == []
+
+
+def test_doctor_prints_one_line_per_check_and_fails_on_fail(capsys, monkeypatch):
+    facts = Facts(uri="qemu:///system", local=True, accel=None, qemu_img=False, mem_available_mib=64 * 1024,
+                  disk_free=1 << 40, routes=(), bridges=frozenset(), networks=(), image=Check("image", OK, "cached"))
+    monkeypatch.setattr("labctl.doctor_facts.gather_facts", lambda *args, **kwargs: facts)
+    code, out, err = run(capsys, "doctor", "--offline")
+    lines = out.splitlines()
+    assert code == 1 and len(lines) == 9
+    assert all(line.split()[0] in ("OK", "WARN", "FAIL") for line in lines)
+    assert "FAIL  qemu-img: not found" in out and "(fix: install qemu-utils" in out
+    assert err == "labctl: error: 1 check(s) failed: qemu-img (`labctl up` refuses to start until they pass)\n"
+
+
+def test_shell_completion_of_commands_and_node_names():
+    complete = ShellComplete(cli, {}, "labctl", "_LABCTL_COMPLETE")
+    assert [item.value for item in complete.get_completions([], "ss")] == ["ssh", "ssh-config"]
+    assert [item.value for item in complete.get_completions(["ssh"], "mas")] == ["master1", "master2", "master3"]
+    assert [item.value for item in complete.get_completions(["--name", "dev", "stop", "gateway"], "w")] == [
+        "worker1", "worker2"]
+    assert complete.get_completions(["--config", "/nonexistent.yaml", "logs"], "") == []

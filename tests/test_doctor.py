@@ -1,0 +1,301 @@
+"""labctl doctor: each check against faked host facts, and fact gathering with injected probes."""
+
+import json
+from ipaddress import IPv4Network
+
+import libvirt
+import pytest
+
+from labctl.accel import HostFacts
+from labctl.backends.libvirt import LibvirtBackend
+from labctl.config import load_lab, parse_lab
+from labctl.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    Check,
+    Facts,
+    LibvirtNetwork,
+    Route,
+    blocking_failures,
+    check_accel,
+    check_bridge,
+    check_disk,
+    check_memory,
+    check_other_labs,
+    check_subnets,
+    free_cidr,
+    parse_addresses,
+    parse_libvirt_network,
+    parse_meminfo,
+    parse_routes,
+    refuse_if_blocked,
+    run_checks,
+)
+from labctl.doctor_facts import Probes, gather_facts, image_check
+from labctl.errors import BackendError, LabError
+from labctl.imagecache import ImageCache
+from labctl.libvirt_xml import Tag, network_xml
+from labctl.plan import plan_lab
+
+PVM_ONLY = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_pvm"}))
+KVM = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_intel"}))
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return plan_lab(load_lab())
+
+
+@pytest.fixture(scope="module")
+def bridged():
+    return plan_lab(parse_lab("networks: {internal: {mode: bridge, bridge: br0, cidr: 192.168.1.0/24}}", "t"))
+
+
+def only(checks):
+    (check,) = checks
+    return check
+
+
+# --- accelerator ------------------------------------------------------------------------------------
+
+
+def test_pvm_only_host_warns_about_tcg_and_its_cost():
+    check = check_accel("auto", PVM_ONLY)
+    assert check.status == WARN
+    assert "TCG" in check.message and "PVM-only" in check.message and "30-60 minutes" in check.message
+    assert "kvm_intel or kvm_amd" in check.fix and "accel: tcg" in check.fix
+
+
+def test_kvm_requested_on_a_pvm_only_host_fails():
+    check = check_accel("kvm", PVM_ONLY)
+    assert check.status == FAIL and "kvm requested" in check.message
+
+
+def test_usable_kvm_and_requested_tcg_are_ok():
+    assert check_accel("auto", KVM).status == OK
+    check = check_accel("tcg", KVM)
+    assert check.status == OK and "30-60 minutes" in check.message
+
+
+# --- subnets ----------------------------------------------------------------------------------------
+
+IP_ROUTE = json.dumps([
+    {"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"},
+    {"dst": "192.168.1.0/24", "dev": "wlan0", "scope": "link"},
+    {"dst": "10.213.51.0/24", "dev": "docker0", "scope": "link"},
+    {"dst": "10.0.0.0/8", "gateway": "10.8.0.1", "dev": "tun0"},
+    {"dst": "172.17.0.5", "dev": "veth1"},
+    {"type": "blackhole", "dst": "10.99.0.0/16"},
+])
+IP_ADDR = json.dumps([
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8},
+                                   {"family": "inet6", "local": "::1", "prefixlen": 128}]},
+    {"ifname": "wlan0", "addr_info": [{"family": "inet", "local": "192.168.1.23", "prefixlen": 24}]},
+    {"ifname": "eth1", "addr_info": []},
+])
+
+
+def test_parse_ip_json():
+    routes = parse_routes(IP_ROUTE)
+    assert Route(IPv4Network("10.213.51.0/24"), "docker0") in routes
+    assert Route(IPv4Network("172.17.0.5/32"), "veth1") in routes
+    assert Route(IPv4Network("10.99.0.0/16"), "") in routes
+    assert not any(route.network.prefixlen == 0 for route in routes)  # the default route overlaps everything
+    assert parse_addresses(IP_ADDR) == [Route(IPv4Network("127.0.0.0/8"), "lo", "address"),
+                                        Route(IPv4Network("192.168.1.0/24"), "wlan0", "address")]
+    assert parse_routes("not json") == [] and parse_routes("") == []
+
+
+def test_an_overlapping_route_fails_naming_the_cidr_and_the_interface(plan):
+    assert str(plan.network("internal").cidr) == "10.213.51.0/24"
+    checks = check_subnets(plan, parse_routes(IP_ROUTE))
+    failed = [check for check in checks if check.status == FAIL]
+    check = only(failed)
+    assert "internal network 10.213.51.0/24 overlaps 10.213.51.0/24 on docker0" in check.message
+    assert "networks.internal.cidr" in check.fix
+    suggested = IPv4Network(check.fix.rsplit("e.g. ", 1)[1])  # the VPN's 10/8 leaves 172.16/12
+    assert suggested == IPv4Network("172.16.0.0/24")
+    assert not any(suggested.overlaps(route.network) for route in parse_routes(IP_ROUTE))
+
+
+def test_a_wider_route_only_warns(plan):
+    """A VPN's 10.0.0.0/8: the lab's narrower route wins on the host."""
+    checks = check_subnets(plan, [Route(IPv4Network("10.0.0.0/8"), "tun0")])
+    assert {check.status for check in checks} == {WARN}
+    assert any("overlaps 10.0.0.0/8 on tun0" in check.message for check in checks)
+
+
+def test_the_labs_own_bridges_do_not_count(plan, bridged):
+    own = [Route(net.cidr, net.bridge) for net in plan.networks]
+    assert only(check_subnets(plan, own)).status == OK
+    # Bridge mode: the internal range is the LAN on the user's bridge, which is expected.
+    assert only(check_subnets(bridged, [Route(IPv4Network("192.168.1.0/24"), "br0", "address")])).status == OK
+    assert only(check_subnets(bridged, [Route(IPv4Network("192.168.1.0/24"), "eth0")])).status == FAIL
+
+
+def test_remote_routes_are_not_checked(plan):
+    assert only(check_subnets(plan, None, local=False)).status == WARN
+
+
+def test_free_cidr_avoids_what_is_taken():
+    taken = [IPv4Network("10.0.0.0/24"), IPv4Network("10.0.2.0/23"), IPv4Network("10.0.1.128/25")]
+    assert free_cidr(taken) == IPv4Network("10.0.4.0/24")
+    assert free_cidr([IPv4Network("10.0.0.0/8")], 20) == IPv4Network("172.16.0.0/20")
+    assert free_cidr([IPv4Network("0.0.0.0/1"), IPv4Network("128.0.0.0/1")]) is None
+
+
+# --- memory and disk --------------------------------------------------------------------------------
+
+
+def test_low_memory_fails_with_the_numbers(plan):
+    assert sum(node.memory for node in plan.nodes) == 11264
+    check = check_memory(plan, 4096)
+    assert check.status == FAIL
+    assert check.message == "4.0 GiB available, 7 nodes to start need 11.0 GiB"
+    assert "memory" in check.fix
+
+
+def test_memory_between_half_and_all_warns_and_enough_is_ok(plan):
+    assert check_memory(plan, 8192).status == WARN
+    assert check_memory(plan, 16384).status == OK
+
+
+def test_parse_meminfo():
+    assert parse_meminfo("MemTotal:       32768000 kB\nMemFree: 1 kB\nMemAvailable:   20971520 kB\n") == 20480
+    assert parse_meminfo("MemTotal: 1 kB\n") is None
+
+
+def test_running_nodes_need_no_more_memory(plan):
+    running = {"gateway", "lb1", "master1", "master2", "master3"}
+    check = check_memory(plan, 4096, running)
+    assert check.status == OK and "2 nodes to start need 4.0 GiB" in check.message
+    assert check_memory(plan, 0, set(plan.node_names)).status == OK
+
+
+def test_disk(plan):
+    assert check_disk(plan, 200 * GIB).status == OK
+    assert check_disk(plan, 40 * GIB).status == WARN  # thin disks: enough for what nodes write, not their size
+    check = check_disk(plan, 10 * GIB)
+    assert check.status == FAIL and "10.0 GiB free" in check.message and "at least 24 GiB" in check.message
+    assert check_disk(plan, None).status == WARN
+
+
+# --- bridge and other labs --------------------------------------------------------------------------
+
+
+def test_missing_bridge_in_bridge_mode_fails(bridged, plan):
+    check = check_bridge(bridged, frozenset({"virbr0", "docker0"}))
+    assert check is not None and check.status == FAIL and "br0" in check.message
+    assert check_bridge(bridged, frozenset({"br0"})).status == OK
+    assert check_bridge(plan, frozenset()) is None  # isolated mode needs no host bridge
+
+
+def test_parse_libvirt_network_reads_tag_and_range(plan):
+    net = plan.network("internal")
+    parsed = parse_libvirt_network(network_xml(net, Tag("k8s", "abc", "network")), net.libvirt_name)
+    assert parsed == LibvirtNetwork("k8s-internal", "k8s", (net.cidr,))
+    bare = "<network><name>default</name><ip address='192.168.122.1' netmask='255.255.255.0'/></network>"
+    assert parse_libvirt_network(bare, "default") == LibvirtNetwork("default", None, (IPv4Network("192.168.122.0/24"),))
+
+
+def test_other_labs_networks_on_our_ranges_and_name_clashes_fail(plan):
+    nat = plan.network("nat").cidr
+    networks = [LibvirtNetwork("k8s-nat", "k8s", (nat,)),  # ours
+                LibvirtNetwork("dev-nat", "dev", (nat,)),
+                LibvirtNetwork("default", None, (IPv4Network("192.168.122.0/24"),))]
+    checks = check_other_labs(plan, networks, ["domain k8s-master1"])
+    assert [check.status for check in checks] == [FAIL, FAIL]
+    assert checks[0].message == "domain k8s-master1 exists but is not part of lab k8s"
+    assert f"nat network {nat} overlaps {nat} of lab dev's network dev-nat" == checks[1].message
+    assert "labctl --name dev destroy" in checks[1].fix
+    assert only(check_other_labs(plan, networks[:1] + networks[2:], [])).status == OK
+
+
+# --- the whole run ----------------------------------------------------------------------------------
+
+
+def test_blocking_failures_are_the_fails_and_up_refuses_with_them(plan):
+    facts = Facts(uri="qemu:///system", local=True, accel=PVM_ONLY, qemu_img=True, mem_available_mib=2048,
+                  disk_free=500 * GIB, routes=(), bridges=frozenset(), networks=(),
+                  image=Check("image", OK, "cached"))
+    checks = run_checks(plan, facts)
+    assert [check.name for check in checks] == ["libvirt", "accelerator", "qemu-img", "memory", "disk", "subnets",
+                                                "other labs", "image", "seed tooling"]
+    assert [check.name for check in blocking_failures(checks)] == ["memory"]
+    assert checks[0].line() == "OK    libvirt: connected to qemu:///system"
+    assert checks[3].line().startswith("FAIL  memory: 2.0 GiB available") and "(fix: " in checks[3].line()
+    with pytest.raises(LabError, match=r"host not ready: memory: 2\.0 GiB available"):
+        refuse_if_blocked(checks)
+    refuse_if_blocked([check for check in checks if check.status != FAIL])
+
+
+def fake_probes(**overrides):
+    outputs = {("ip", "-j", "route"): IP_ROUTE, ("ip", "-j", "addr"): IP_ADDR,
+               ("ip", "-j", "link", "show", "type", "bridge"): json.dumps([{"ifname": "virbr0"}])}
+    defaults = {"run": lambda argv: outputs[tuple(argv)],
+                "read_text": lambda path: "MemTotal: 16000000 kB\nMemAvailable:    3145728 kB\n",
+                "which": lambda name: f"/usr/bin/{name}",
+                "importable": lambda name: True,
+                "host_facts": lambda: PVM_ONLY}
+    return Probes(**{**defaults, **overrides})
+
+
+def unreachable():
+    raise BackendError("cannot connect to libvirt at test:///default: no socket", "is libvirtd running?")
+
+
+def test_gather_without_libvirt(plan, tmp_path):
+    facts = gather_facts(plan, unreachable, "test:///default", probes=fake_probes(), cache=ImageCache(tmp_path))
+    assert facts.libvirt_error == "cannot connect to libvirt at test:///default: no socket"
+    assert facts.libvirt_fix == "is libvirtd running?"
+    assert facts.mem_available_mib == 3072 and facts.accel == PVM_ONLY and facts.qemu_img is True
+    assert facts.routes is not None and Route(IPv4Network("10.213.51.0/24"), "docker0") in facts.routes
+    assert facts.bridges == frozenset({"virbr0"}) and facts.networks is None
+    failed = {check.name for check in blocking_failures(run_checks(plan, facts))}
+    assert failed == {"libvirt", "memory", "subnets"}
+
+
+def test_gather_when_ip_is_missing(plan, tmp_path):
+    def no_ip(argv):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    probes = fake_probes(run=no_ip)
+    facts = gather_facts(plan, unreachable, "test:///default", probes=probes, cache=ImageCache(tmp_path))
+    assert facts.routes is None
+    assert only(check_subnets(plan, facts.routes, facts.local)).status == WARN
+
+
+def test_gather_through_libvirt_finds_clashes(plan, tmp_path):
+    """libvirt's in-process test driver: no daemon, no network."""
+    conn = libvirt.open("test:///default")
+    conn.networkDefineXML(network_xml(plan.network("internal"), Tag("k8s", "abc", "network")))
+    other = plan_lab(parse_lab(f"name: dev\nnetworks: {{nat: {{cidr: {plan.network('nat').cidr}}}}}", "t"))
+    conn.networkDefineXML(network_xml(other.network("nat"), Tag("dev", "def", "network")))
+    conn.defineXML("<domain type='test'><name>k8s-master1</name><memory>1024</memory>"
+                   "<os><type>hvm</type></os></domain>")
+    backend = LibvirtBackend(conn, pool_dir=str(tmp_path / "pool"))
+    facts = gather_facts(plan, lambda: backend, "test:///default", probes=fake_probes(), cache=ImageCache(tmp_path))
+    assert facts.libvirt_error is None and facts.uri == "test:///default"
+    assert facts.defined == {"master1"} and facts.running == frozenset()
+    assert facts.foreign == ("domain k8s-master1",)
+    assert facts.disk_free is not None and facts.disk_free > 0
+    messages = [check.message for check in check_other_labs(plan, facts.networks, facts.foreign)]
+    assert messages[0] == "domain k8s-master1 exists but is not part of lab k8s"
+    assert any("of lab dev's network dev-nat" in message for message in messages)
+    assert not any("k8s-internal" in message for message in messages)  # our own network
+
+
+def test_image_check(plan, tmp_path):
+    cache = ImageCache(tmp_path / "cache")
+    ok = image_check(plan.lab, cache, None)
+    assert ok.status == OK and "not cached" in ok.message and "cloud.debian.org" in ok.message
+    bad = image_check(plan.lab, cache, lambda url: "connection refused")
+    assert bad.status == FAIL and "unreachable: connection refused" in bad.message
+    local = tmp_path / "disk.qcow2"
+    local.write_bytes(b"QFI\xfb")
+    lab = parse_lab(f"image: {{path: {local}}}", "t")
+    assert image_check(lab, cache, None).status == OK
+    local.unlink()  # gone since lab.yaml was read
+    assert image_check(lab, cache, None).status == FAIL
