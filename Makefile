@@ -13,7 +13,7 @@ TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-s
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables iproute2 \
 	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived shellcheck cloud-init
 
-.PHONY: lab host-deps test-deps venv test test-fast bench lint destroy clean
+.PHONY: lab host-deps test-deps venv test test-fast e2e bench lint destroy clean
 
 lab: host-deps venv
 	$(LABCTL) up
@@ -37,6 +37,10 @@ test: test-deps venv
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -q -m "not slow and not e2e and not libvirt"
+
+# The whole lab in real VMs (root, TCG): see tests/e2e/test_e2e.py. Part of `make test` too.
+e2e: venv
+	$(VENV)/bin/python -m pytest -v -s tests/e2e
 
 bench: venv
 	$(VENV)/bin/python -m pytest -q benchmarks --benchmark-only

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from labctl.catalog import resolve_image
 from labctl.errors import ConfigError
 from labctl.model import ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
 
@@ -59,16 +60,17 @@ def load_lab(path: Path | None = None, name: str | None = None) -> Lab:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), f"not UTF-8 text (byte {err.start})") from err
-    return parse_lab(text, str(path), name)
+    return parse_lab(text, str(path), name, base_dir=path.parent)
 
 
-def parse_lab(text: str, source: str, name: str | None = None) -> Lab:
-    """Parse and validate lab.yaml text; defaults fill every missing key."""
+def parse_lab(text: str, source: str, name: str | None = None, base_dir: Path | None = None) -> Lab:
+    """Parse and validate lab.yaml text; defaults fill every missing key. Relative image paths
+    are taken from ``base_dir`` (the lab.yaml's directory)."""
     user = _parse_yaml(text, source)
     merged = _merge(_parse_yaml(default_text(), "default lab"), user)
     if name is not None:
         merged["name"] = name
-    return _build_lab(merged)
+    return _build_lab(merged, base_dir)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -194,7 +196,7 @@ def derived_cidrs(lab_name: str) -> tuple[IPv4Network, IPv4Network]:
     return IPv4Network(f"10.213.{2 * slot}.0/24"), IPv4Network(f"10.213.{2 * slot + 1}.0/24")
 
 
-def _build_lab(data: dict[str, Any]) -> Lab:
+def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
     data = _mapping(data, "", TOP_KEYS)
     name = _string(data.get("name"), "name", DNS_LABEL, f"a DNS-1123 label (a-z, 0-9, -) of ≤ {LAB_NAME_MAX} chars")
     if len(name) > LAB_NAME_MAX:
@@ -210,12 +212,13 @@ def _build_lab(data: dict[str, Any]) -> Lab:
     image = data.get("image")
     if not isinstance(image, (str, dict)) or not image:
         raise _fail("image", "a catalog name or a mapping with url or path", image)
+    image_spec = resolve_image(image, "image", base_dir=base_dir)
     nat, internal = _networks(data.get("networks"), name)
     kubernetes = _kubernetes(data.get("kubernetes"))
     roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
     _check_overlaps(nat, internal, kubernetes)
     accel = _choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
-    return Lab(name, domain, user, accel, image, mirror, nat, internal, roles, kubernetes)
+    return Lab(name, domain, user, accel, image_spec, mirror, nat, internal, roles, kubernetes)
 
 
 def _networks(value: Any, lab_name: str) -> tuple[NetworkSpec, NetworkSpec]:

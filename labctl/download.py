@@ -116,12 +116,16 @@ def _import_local(spec: ImageSpec, cache: ImageCache) -> CachedImage:
         return hit
     if not spec.path.is_file():
         raise ImageError(f"image file not found: {spec.path}")
-    extras = {role: path for role, path in (("kernel", spec.kernel), ("initrd", spec.initrd)) if path}
     with cache.lock(spec.name):
         return cache.add_file(
             spec.path, spec.name, format=spec.format, arch=spec.arch, expected=expected,
-            cmdline=spec.cmdline, extra_files=extras,
+            cmdline=spec.cmdline, extra_files=_direct_boot_files(spec),
         )
+
+
+def _direct_boot_files(spec: ImageSpec) -> dict[str, Path]:
+    """The kernel and initrd an image boots with (direct kernel boot), kept in the cache beside it."""
+    return {role: path for role, path in (("kernel", spec.kernel), ("initrd", spec.initrd)) if path}
 
 
 def _download(spec: ImageSpec, cache: ImageCache, net: _Net) -> CachedImage:
@@ -134,7 +138,8 @@ def _download(spec: ImageSpec, cache: ImageCache, net: _Net) -> CachedImage:
         part.discard()
         raise
     image = cache.commit(
-        part.path, name=spec.name, digests=digests, format=spec.format, arch=spec.arch, url=spec.url
+        part.path, name=spec.name, digests=digests, format=spec.format, arch=spec.arch, url=spec.url,
+        cmdline=spec.cmdline, extra_files=_direct_boot_files(spec),
     )
     part.meta_path.unlink(missing_ok=True)
     return image

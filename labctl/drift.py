@@ -28,22 +28,22 @@ def unappliable_changes(built: dict[str, Any], wanted: dict[str, Any]) -> list[s
     object (a subnet, a node's size or address, a removed node, the domain) is listed.
     """
     changes = []
-    for key in ("domain", "user", "api"):
-        if built.get(key) != wanted.get(key):
-            changes.append(f"{key} {built.get(key)} → {wanted.get(key)}")
     for net, spec in built.get("networks", {}).items():
         for field, old in spec.items():
             new = wanted["networks"].get(net, {}).get(field)
             if old != new:
                 changes.append(f"networks.{net}.{field} {old} → {new}")
-    networks_changed = bool(changes)
+    networks_changed = bool(changes)  # then addresses and the API address follow from the subnet
+    for key in ("domain", "user") if networks_changed else ("domain", "user", "api"):
+        if built.get(key) != wanted.get(key):
+            changes.append(f"{key} {built.get(key)} → {wanted.get(key)}")
     for name, spec in built.get("nodes", {}).items():
         if name not in wanted["nodes"]:
             changes.append(f"{name} removed")
             continue
         for field, old in spec.items():
             new = wanted["nodes"][name][field]
-            if old != new and not (field == "nics" and networks_changed):  # follows from the subnet
+            if old != new and not (field == "nics" and networks_changed):
                 shown = (old, new) if field != "nics" else ("its addresses", "new ones")
                 changes.append(f"{name}.{field} {shown[0]} → {shown[1]}")
     return changes

@@ -1,18 +1,14 @@
 """The image a lab boots from: resolved, pulled or imported, verified, handed to a backend."""
 
-from pathlib import Path
-
 from labctl.backends.base import BaseImage
-from labctl.catalog import resolve_image
 from labctl.download import fetch, make_session
 from labctl.imagecache import ImageCache
 from labctl.model import Lab
 from labctl.progress import make_progress
 
 
-def image_for_lab(lab: Lab, quiet: bool = False, base_dir: Path | None = None) -> BaseImage:
+def image_for_lab(lab: Lab, quiet: bool = False) -> BaseImage:
     """The verified local file of the lab's image, downloading it when it is not cached."""
-    spec = resolve_image(lab.image, "image", base_dir=base_dir)
     with make_session() as session:
-        cached = fetch(spec, ImageCache(), session, make_progress(quiet=quiet))
+        cached = fetch(lab.image, ImageCache(), session, make_progress(quiet=quiet))
     return BaseImage(cached.path, cached.digest, cached.format, cached.kernel, cached.initrd, cached.cmdline)

@@ -7,8 +7,10 @@ taken over; the file's content (pid, command) only serves the "busy" message.
 import fcntl
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from labctl.errors import LabError
 from labctl.state import LabState
@@ -60,3 +62,26 @@ def _busy(lab: str, fd: int) -> BusyError:
     pid, command = holder.get("pid", "?"), holder.get("command", "?")
     return BusyError(f"lab `{lab}` is busy (pid {pid}, command {command})",
                      "wait for it to finish, or stop that process")
+
+
+@contextmanager
+def host_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """A host-wide lock (e.g. around the shared base image import), waited for up to ``timeout``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BusyError(f"{path} is held by another labctl for over {int(timeout)}s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 from ipaddress import IPv4Network
-from typing import Any
+
+from labctl.catalog import ImageSpec
 
 ROLES = ("gateway", "lb", "master", "worker")
 
@@ -41,7 +42,7 @@ class Lab:
     domain: str
     user: str
     accel: str
-    image: Any  # catalog name or mapping, resolved by labctl.catalog
+    image: ImageSpec
     apt_mirror: str | None
     nat: NetworkSpec
     internal: NetworkSpec

@@ -1,5 +1,9 @@
 """Every test gets its own XDG data and cache dirs: no test touches the user's labs or images."""
 
+import os
+import zlib
+from pathlib import Path
+
 import pytest
 
 
@@ -21,3 +25,20 @@ def pytest_report_header(config):
     if ok:
         return f"libvirt: real private libvirtd in a network namespace ({why})"
     return f"libvirt: NO private libvirtd ({why}); libvirt tests fall back to test:///default in-process"
+
+
+@pytest.fixture(scope="module")
+def daemon(request):
+    """A real libvirtd of this test module's own, in a private network namespace; skipped, with
+    the reason printed, where it cannot run (not root, binaries missing)."""
+    from tests.harness.libvirtd import PrivateLibvirtd, can_run
+
+    ok, why = can_run()
+    if not ok:
+        print(f"NOTE: no private libvirtd ({why})")
+        pytest.skip(f"no private libvirtd here ({why})")
+    # Short: unix socket paths are limited to 107 bytes.
+    base = Path("/tmp") / f"lc-{os.getpid()}-{zlib.crc32(request.module.__name__.encode()):08x}"
+    base.mkdir(exist_ok=True)
+    with PrivateLibvirtd(base) as running:
+        yield running

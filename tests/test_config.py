@@ -18,7 +18,7 @@ def test_default_lab_has_the_documented_topology():
     assert lab.internal.mode == "isolated" and lab.internal.bridge is None
     assert (lab.nat.cidr, lab.internal.cidr) == derived_cidrs("k8s")
     assert lab.kubernetes.pod_cidr == IPv4Network("10.244.0.0/16")
-    assert lab.image == "debian-13-genericcloud-amd64"
+    assert lab.image.name == "debian-13-genericcloud-amd64" and lab.image.checksums_url
 
 
 def test_partial_file_keeps_defaults_and_name_override_wins():

@@ -2,91 +2,31 @@
 inside its own network namespace (TCG). Where that cannot run (not root), the tagging and
 destroy-safety cases run against libvirt's in-process test:///default driver, and say so."""
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from labctl.accel import choose_accel, read_host_facts
 from labctl.backends.libvirt import LibvirtBackend
 from labctl.config import parse_lab
-from labctl.libvirt_xml import Tag, read_tag
+from labctl.libvirt_xml import Tag
 from labctl.lifecycle import destroy, lab_id_for
 from labctl.plan import plan_lab
 from labctl.state import LabState
-from tests.harness.libvirtd import PrivateLibvirtd, can_run
+from tests.harness.libvirtd import can_run
+from tests.labenv import lab_env, labctl, snapshot, write_lab
 
 CAN_RUN, WHY = can_run()
 NODES = ["gateway", "lb1", "master1", "master2", "master3", "worker1", "worker2"]
 
-LAB_YAML = """
-name: k8s
-image: {{path: {image}, sha256: {sha256}}}
-accel: {accel}
-kubernetes: {{enforce_minimums: false}}
-nodes:
-  gateway: {{memory: 512}}
-  lb: {{memory: 512}}
-  master: {{cpus: 1, memory: 512}}
-  worker: {{cpus: 1, memory: 512}}
-"""
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    if not CAN_RUN:
-        pytest.skip(f"no private libvirtd here ({WHY}); the test:///default cases below run instead")
-    base = Path("/tmp") / f"lc-{os.getpid()}-lab"  # short: unix socket paths are limited to 107 bytes
-    base.mkdir(exist_ok=True)
-    with PrivateLibvirtd(base) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def lab_env(daemon, tmp_path_factory):
+def env(daemon, tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
-    image = work / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True, timeout=30)
-    digest = hashlib.sha256(image.read_bytes()).hexdigest()
-    config = work / "lab.yaml"
-    # auto where it resolves to TCG (as on this PVM-only host), so the automatic choice is exercised;
-    # the private daemon has no /dev/kvm, so a host with working KVM gets tcg explicitly.
-    accel = "auto" if choose_accel("auto", read_host_facts()).domain_type == "qemu" else "tcg"
-    config.write_text(LAB_YAML.format(image=image, sha256=digest, accel=accel))
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(work / "data"),
-        "XDG_CACHE_HOME": str(work / "cache"),
-        "LABCTL_POOL_DIR": str(daemon.base_dir / "pool"),
-        "LABCTL_CONSOLE_DIR": str(daemon.base_dir / "console"),
-        "LABCTL_CONFIG": str(config),
-        "LIBVIRT_DEFAULT_URI": daemon.uri,
-    }
-    (daemon.base_dir / "console").mkdir(exist_ok=True)
-    return env
-
-
-def labctl(env, *args):
-    return subprocess.run([sys.executable, "-m", "labctl", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-
-
-def snapshot(conn):
-    """Everything libvirt holds, by kind: names, uuids, states, tags."""
-    pool = conn.storagePoolLookupByName("labctl")
-    pool.refresh(0)
-    return {
-        "domains": sorted((d.name(), d.UUIDString(), d.isActive(), read_tag(d.XMLDesc(0)))
-                          for d in conn.listAllDomains()),
-        "networks": sorted((n.name(), n.UUIDString(), n.isActive()) for n in conn.listAllNetworks()),
-        "volumes": sorted(v.name() for v in pool.listAllVolumes()),
-    }
+    return lab_env(daemon, work, write_lab(work))
 
 
 def add_foreign_objects(conn, pool_dir):
@@ -110,8 +50,8 @@ def add_foreign_objects(conn, pool_dir):
 
 @pytest.mark.libvirt
 @pytest.mark.slow
-def test_up_status_destroy_against_a_real_libvirtd(daemon, lab_env):
-    first = labctl(lab_env, "up", "--no-wait")  # the blank base image never boots to `ready`
+def test_up_status_destroy_against_a_real_libvirtd(daemon, env):
+    first = labctl(env, "up", "--no-wait")  # the blank base image never boots to `ready`
     assert first.returncode == 0, first.stderr
     assert "accelerator: " in first.stderr and "TCG" in first.stderr
     conn = libvirt.open(daemon.uri)
@@ -126,26 +66,26 @@ def test_up_status_destroy_against_a_real_libvirtd(daemon, lab_env):
         check_volumes(conn, state["volumes"])
         check_domain_devices(conn)
 
-        second = labctl(lab_env, "up", "--no-wait")
+        second = labctl(env, "up", "--no-wait")
         assert second.returncode == 0, second.stderr
         assert all(line.endswith((": exists", ": running")) for line in second.stderr.splitlines()
                    if line.startswith(("base image", "network", "node", "start"))), second.stderr
         assert snapshot(conn) == state
 
-        changed = Path(lab_env["LABCTL_CONFIG"]).with_name("changed.yaml")
-        changed.write_text(Path(lab_env["LABCTL_CONFIG"]).read_text()
+        changed = Path(env["LABCTL_CONFIG"]).with_name("changed.yaml")
+        changed.write_text(Path(env["LABCTL_CONFIG"]).read_text()
                            + "networks: {internal: {cidr: 10.150.0.0/24}}\n")
-        refused = labctl({**lab_env, "LABCTL_CONFIG": str(changed)}, "up", "--no-wait")
+        refused = labctl({**env, "LABCTL_CONFIG": str(changed)}, "up", "--no-wait")
         assert refused.returncode == 1
         assert "cannot apply in place: networks.internal.cidr" in refused.stderr
         assert refused.stderr.count("labctl: error:") == 1 and snapshot(conn) == state
 
-        status = labctl(lab_env, "status", "--output", "json")
+        status = labctl(env, "status", "--output", "json")
         rows = json.loads(status.stdout)
         assert [(r["name"], r["state"]) for r in rows] == [(n, "running") for n in NODES]
 
         foreign = add_foreign_objects(conn, daemon.base_dir / "pool")
-        gone = labctl(lab_env, "destroy", "--yes")
+        gone = labctl(env, "destroy", "--yes")
         assert gone.returncode == 0, gone.stderr
         after = snapshot(conn)
         assert {name for name, *_ in after["domains"]} == foreign["domains"]
@@ -154,7 +94,7 @@ def test_up_status_destroy_against_a_real_libvirtd(daemon, lab_env):
         assert set(after["volumes"]) - set(base) == foreign["volumes"]
         assert len(base) == 2, "the shared base image (and its marker) stays"
 
-        again = labctl(lab_env, "destroy", "--yes")
+        again = labctl(env, "destroy", "--yes")
         assert again.returncode == 0 and "nothing to remove" in again.stderr
     finally:
         conn.close()

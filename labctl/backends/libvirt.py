@@ -1,5 +1,6 @@
 """libvirt backend: applies the plan through libvirt-python. Thin: XML comes from libvirt_xml."""
 
+import hashlib
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -14,6 +15,8 @@ from labctl.accel import HostFacts, read_host_facts
 from labctl.backends.base import BaseImage, Clock, LabObject, NodeRequest, Sleep
 from labctl.errors import BackendError
 from labctl.libvirt_xml import DomainMedia, Tag, domain_xml, network_xml, pool_xml, read_tag, volume_xml
+from labctl.lock import host_lock
+from labctl.paths import cache_root
 from labctl.plan import NetworkPlan, NodePlan
 
 POOL_NAME = "labctl"
@@ -145,6 +148,13 @@ class LibvirtBackend:
         marker = base_volume_name(image, ".complete")
         if _lookup(pool.storageVolLookupByName, marker, "volume"):
             return "exists"
+        # Two labs coming up at once share this volume: one uploads, the other then finds it.
+        with host_lock(cache_root() / "locks" / f"base-{hashlib.sha256(self.conn.getURI().encode()).hexdigest()[:16]}"):
+            if _lookup(pool.storageVolLookupByName, marker, "volume"):
+                return "exists"
+            return self._import_base(pool, image, marker)
+
+    def _import_base(self, pool: libvirt.virStoragePool, image: BaseImage, marker: str) -> str:
         files = [(base_volume_name(image), image.path, image.format)]
         if image.kernel:
             files.append((base_volume_name(image, ".vmlinuz"), image.kernel, "raw"))

@@ -38,7 +38,9 @@ from types import TracebackType
 import libvirt
 
 START_SCRIPT = Path(__file__).with_name("start-daemons.sh")
-REQUIRED_PROGRAMS = ("libvirtd", "virtlogd", "qemu-system-x86_64", "dnsmasq", "iptables", "ip", "unshare", "mount")
+REQUIRED_PROGRAMS = (
+    "libvirtd", "virtlogd", "qemu-system-x86_64", "dnsmasq", "iptables", "ip", "unshare", "mount", "nsenter",
+)
 # sockaddr_un.sun_path is 108 bytes including the NUL.
 _MAX_SOCKET_PATH = 107
 _LONGEST_SOCKET_NAME = "libvirt-admin-sock"
@@ -308,6 +310,21 @@ class PrivateLibvirtd:
             first = next((error for error in errors if error is not None), None)
             if first is not None:
                 raise HarnessError(f"teardown of {self.netns} incomplete: {first}") from first
+
+    def restart_libvirtd(self) -> None:
+        """End libvirtd by its pid and start it again in the same namespaces (a daemon fault).
+
+        virtlogd and the guests keep running; the new libvirtd reconnects to them."""
+        virtlogd = read_pid(self.layout.pid_file("virtlogd"))
+        if virtlogd is None or not self._in_our_netns(virtlogd):
+            raise HarnessError("virtlogd is not running; cannot enter its namespaces")
+        self._terminate(self._daemon_pids("libvirtd"))
+        _wait_gone(self._daemon_pids("libvirtd"), self.stop_timeout, reaped=True)
+        _run(["nsenter", f"--target={virtlogd}", "--mount", "--net", "--",
+              "libvirtd", "--daemon", "--config", str(self.layout.root / "etc" / "libvirtd.conf"),
+              "--pid-file", str(self.layout.pid_file("libvirtd"))], timeout=self.start_timeout)
+        self._record_daemon_pids()
+        self._wait_until_ready()
 
     def recorded_pids(self) -> frozenset[int]:
         """Every pid this harness has seen so far: daemons, qemu, dnsmasq."""

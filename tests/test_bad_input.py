@@ -1,0 +1,142 @@
+"""Bad input figure: malformed lab.yaml files and bad command lines each give exactly one line on
+stderr, `labctl: error: …` naming the field or argument, exit 1 or 2, and never a traceback.
+Hypothesis adds generated documents and bytes on top of the hand-written cases."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from labctl.cli import main
+from labctl.config import parse_lab
+from labctl.errors import ConfigError
+from tests.test_config import INVALID
+
+FIGURES = Path(__file__).resolve().parent.parent / "build" / "figures.json"
+
+EXTRA_FILES = [
+    (b"\xff\xfe\x00garbage\x00\x01", "not UTF-8 text"),
+    (b"\x7fELF\x02\x01\x01\x00" + bytes(range(64)), "contains NUL bytes"),
+    (b"nodes: {worker: {count: 99999999999999999999999}}", "nodes.worker.count"),
+    (b"nodes: {master: {memory: 1e400}}", "nodes.master.memory"),
+    (b"networks: {nat: {cidr: 10.0.0.0/33}}", "networks.nat.cidr"),
+    (b"networks: {nat: {cidr: ''}}", "networks.nat.cidr"),
+    (b"networks: {nat: {cidr: [10.0.0.0/24]}}", "networks.nat.cidr"),
+    (b"name: k8s\nname: k9s\n", "duplicate key 'name'"),
+    (b"\t- not yaml: [", "YAML syntax error"),
+    (b"&a [*a]", "expected a mapping of settings"),
+    (b"image: {url: ftp://example/x.qcow2, sha256: abc}", "image"),
+    (b"image: no-such-image", "image"),
+]
+
+# argv, expected exit code, a piece of the message that names the thing at fault
+BAD_ARGS = [
+    (["nosuch"], 2, "No such command 'nosuch'"),
+    (["plan", "--output", "xml"], 2, "'--output'"),
+    (["status", "-o", "yaml"], 2, "'--output'"),
+    (["up", "--timeout", "0"], 2, "'--timeout'"),
+    (["up", "--timeout", "soon"], 2, "'--timeout'"),
+    (["plan", "--bogus"], 2, "No such option '--bogus'"),
+    (["--config"], 2, "'--config' requires an argument"),
+    (["--name", "Bad_Name", "plan"], 1, "name: expected a DNS-1123 label"),
+    (["--name", "", "plan"], 1, "name: expected a DNS-1123 label"),
+    (["--config", "/nonexistent/lab.yaml", "plan"], 1, "/nonexistent/lab.yaml: cannot read"),
+    (["--config", "/", "plan"], 2, "'--config'"),
+    (["init", "/nonexistent-dir/lab.yaml"], 1, "/nonexistent-dir/lab.yaml: cannot write"),
+    (["image", "pull", "--url", "http://127.0.0.1:9/x.qcow2"], 2, "--url needs exactly one of"),
+    (["image", "pull", "--sha512", "abc"], 2, "go with --url"),
+    (["image", "rm", "no-such-image"], 1, "no-such-image"),
+]
+
+
+def run_main(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean(code, err, fragment, expected_code=None):
+    assert code in (1, 2) and (expected_code is None or code == expected_code), (code, err)
+    assert err.count("\n") == 1 and err.startswith("labctl: error: "), err
+    assert "Traceback" not in err
+    assert fragment in err, err
+
+
+@pytest.mark.parametrize(("text", "fragment"), [(t.encode(), m.split(":")[0]) for t, m in INVALID] + EXTRA_FILES)
+def test_bad_lab_file(text, fragment, tmp_path, capsys):
+    config = tmp_path / "lab.yaml"
+    config.write_bytes(text)
+    code, out, err = run_main(["--config", str(config), "plan"], capsys)
+    assert out == ""
+    assert_clean(code, err, fragment if fragment != "t" else str(config), 1)
+    _count("files")
+
+
+@pytest.mark.parametrize(("argv", "code", "fragment"), BAD_ARGS)
+def test_bad_command_line(argv, code, fragment, capsys):
+    got, _, err = run_main(argv, capsys)
+    assert_clean(got, err, fragment, code)
+    _count("args")
+
+
+_COUNTS = {"files": 0, "args": 0}
+
+
+def _count(kind):
+    _COUNTS[kind] += 1
+
+
+def test_zz_record_the_figure():
+    tried = len(INVALID) + len(EXTRA_FILES) + len(BAD_ARGS)
+    clean = _COUNTS["files"] + _COUNTS["args"]
+    FIGURES.parent.mkdir(exist_ok=True)
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures["bad_input"] = {"tried": tried, "clean": clean, "generated_examples_per_property": 300}
+    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    print(f"FIGURE bad_input: tried {tried}, clean {clean}")
+    assert tried >= 40
+
+
+# --- generated: anything YAML can hold, and any bytes, is either a lab or one ConfigError line ---
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
+keys = st.one_of(st.sampled_from(["name", "nodes", "master", "worker", "lb", "gateway", "count", "cpus",
+                                  "memory", "disk", "networks", "nat", "internal", "cidr", "mode", "bridge",
+                                  "kubernetes", "version", "pod_cidr", "image", "accel", "domain", "user"]),
+                 st.text(max_size=8))
+documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                          st.dictionaries(keys, inner, max_size=5)), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents)
+def test_generated_documents_never_escape_as_anything_but_config_error(document):
+    import yaml
+
+    try:
+        text = yaml.safe_dump(document)
+    except yaml.YAMLError:
+        return
+    try:
+        parse_lab(text, "gen")
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_generated_bytes_never_escape_as_anything_but_config_error(data):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    try:
+        parse_lab(text, "gen")
+    except ConfigError as err:
+        assert "\n" not in str(err)
