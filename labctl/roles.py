@@ -101,14 +101,17 @@ def write_file(path: str, content: str, permissions: str) -> dict[str, Any]:
 
 
 def _script_files(role: str) -> list[dict[str, Any]]:
-    files = [write_file(BOOTSTRAP, read_text("cloud-init", "scripts/bootstrap"), "0755")]
+    files = [write_file(BOOTSTRAP, read_text("cloud-init", "scripts/bootstrap"), "0755"),
+             write_file(f"{SCRIPT_DIR}/announce", read_text("cloud-init", "scripts/announce"), "0755")]
     for name in ("lib.sh", *ROLE_SCRIPTS[role]):
         files.append(write_file(f"{SCRIPT_DIR}/{name}", read_text("cloud-init", f"scripts/{name}"), PUBLIC))
     return files
 
 
 def _static_files(role: str) -> list[dict[str, Any]]:
-    return [write_file(path, read_text("cloud-init", f"files/{name}"), PUBLIC) for name, path in STATIC_FILES[role]]
+    every_node = (("labctl-phase.service", "/etc/systemd/system/labctl-phase.service"),)
+    return [write_file(path, read_text("cloud-init", f"files/{name}"), PUBLIC)
+            for name, path in (*every_node, *STATIC_FILES[role])]
 
 
 def _ssh_host_key(node: NodePlan, secrets: LabSecrets) -> dict[str, str]:

@@ -15,7 +15,7 @@ from labctl.resources import data_file, read_text
 from labctl.roleconf import render_lab_env
 from labctl.roles import ROLE_SCRIPTS
 
-SCRIPTS = ("bootstrap", "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
+SCRIPTS = ("bootstrap", "announce", "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
 STUB = """#!/bin/sh
 {{ for arg in "$@"; do printf '%s\\n' "$arg"; done; echo @@; }} >>"$STUB_LOG/{name}"
 {body}
@@ -111,12 +111,13 @@ def test_every_script_passes_shellcheck():
 
 
 def test_scripts_are_strict_and_shipped():
-    assert read_text("cloud-init", "scripts/bootstrap").startswith("#!/bin/sh\n")
-    assert "\nset -eu\n" in read_text("cloud-init", "scripts/bootstrap")
-    for name in SCRIPTS[1:]:
+    for entry in ("bootstrap", "announce"):
+        assert read_text("cloud-init", f"scripts/{entry}").startswith("#!/bin/sh\n")
+        assert "\nset -eu\n" in read_text("cloud-init", f"scripts/{entry}")
+    for name in SCRIPTS[2:]:
         assert read_text("cloud-init", f"scripts/{name}").startswith("# shellcheck shell=sh\n")
     shipped = {name for names in ROLE_SCRIPTS.values() for name in names}
-    assert shipped | {"bootstrap", "lib.sh"} == set(SCRIPTS)
+    assert shipped | {"bootstrap", "announce", "lib.sh"} == set(SCRIPTS)
 
 
 # --- lib.sh -----------------------------------------------------------------------------------
@@ -272,3 +273,20 @@ def test_a_failed_kubeadm_fails_its_phase(box):
     result = box.sh("phase kubeadm-init; kubeadm_run kubeadm-init init", "k8s-node.sh")
     assert result.returncode == 1
     assert box.console_lines()[-1] == "labctl-phase: master1 failed kubeadm-init"
+
+
+def test_announce_repeats_the_recorded_phase_on_the_console(tmp_path):
+    """labctl-phase.service runs `announce` at every boot: it reports the phase, runs no step."""
+    scripts = Path(str(data_file("cloud-init", "scripts")))
+    state, console = tmp_path / "state", tmp_path / "console"
+    state.mkdir()
+    console.write_text("")
+    env = tmp_path / "lab.env"
+    env.write_text(f"NODE=master2\nLABCTL_STATE_DIR={state}\nLABCTL_CONSOLE={console}\n")
+    quiet = subprocess.run(["sh", str(scripts / "announce"), str(env)], capture_output=True, text=True, timeout=30)
+    assert quiet.returncode == 0 and console.read_text() == "", "nothing recorded, nothing announced"
+    (state / "phase").write_text("ready\n")
+    done = subprocess.run(["sh", str(scripts / "announce"), str(env)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert console.read_text() == "labctl-phase: master2 ready\n"
+    assert done.stdout == "labctl-phase: master2 ready\n"
