@@ -24,10 +24,12 @@ from labctl.render import plan_rows, render_plan_table, render_status_table, wri
 @click.option("-n", "--name", envvar="LABCTL_NAME", help="Lab name, overriding the file's (labs live side by side).")
 @click.option("--connect", "uri", metavar="URI", help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only data and errors.")
+@click.option("-v", "--verbose", is_flag=True, help="After an error, also show the raw error it came from.")
 @click.option("--debug", is_flag=True, envvar="LABCTL_DEBUG", help="Show tracebacks.")
 @click.version_option(__version__, prog_name="labctl")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, name: str | None, uri: str | None, quiet: bool, debug: bool) -> None:
+def cli(ctx: click.Context, config: Path | None, name: str | None, uri: str | None, quiet: bool, verbose: bool,
+        debug: bool) -> None:
     """Build a Kubernetes HA lab out of local virtual machines."""
     ctx.obj = Context(config, name, uri, quiet, debug)
 
@@ -152,7 +154,9 @@ register_host_commands(cli)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one place where errors become one line on stderr and an exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("LABCTL_DEBUG"))
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args or bool(os.environ.get("LABCTL_DEBUG"))
+    verbose = "--verbose" in args or "-v" in args
     try:
         code = cli.main(args=argv, prog_name="labctl", standalone_mode=False)
         if isinstance(code, int) and code:  # ctx.exit(n) returns n when not standalone
@@ -168,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         if isinstance(err, LabError):
             click.echo(f"labctl: error: {err}", err=True)
+            if verbose and err.__cause__ is not None:
+                click.echo(f"labctl: raw error: {type(err.__cause__).__name__}: {_one_line(str(err.__cause__))}",
+                           err=True)
             sys.exit(err.exit_code)
         first = _one_line(str(err))[:300]
         click.echo(f"labctl: error: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)

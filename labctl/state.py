@@ -54,6 +54,18 @@ class LabState:
             raise StateError(f"state directory {self.root} belongs to uid {info.st_uid}, not to you")
         if stat.S_IMODE(info.st_mode) != DIR_MODE:
             os.chmod(self.root, DIR_MODE)
+        self._tighten_files()
+
+    def _tighten_files(self) -> None:
+        """Secret files are 0600: fix looser ones we own, refuse ones somebody else owns."""
+        for entry in self.root.iterdir():
+            info = entry.lstat()
+            if not stat.S_ISREG(info.st_mode) or not stat.S_IMODE(info.st_mode) & 0o077:
+                continue
+            if info.st_uid != os.getuid():
+                raise StateError(f"{entry} is readable by others and belongs to uid {info.st_uid}",
+                                 "remove it or fix its owner and mode (0600)")
+            os.chmod(entry, SECRET_MODE)
 
     def record(self) -> dict[str, Any]:
         """lab.json: the lab's id (its tag in libvirt) and what it was built from."""

@@ -2,6 +2,7 @@
 a lab.yaml, the environment that points labctl at the daemon, and a snapshot of what libvirt holds."""
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -98,3 +99,15 @@ def normalized(snap: dict[str, list]) -> dict[str, list]:
         "networks": snap["networks"],
         "volumes": sorted(clean(v) for v in snap["volumes"]),
     }
+
+
+FIGURES = Path(__file__).resolve().parent.parent / "build" / "figures.json"
+
+
+def record_figure(name: str, value: object) -> None:
+    """Print a reliability figure and collect it in build/figures.json (for the README table)."""
+    print(f"FIGURE {name}: {json.dumps(value)}")
+    FIGURES.parent.mkdir(exist_ok=True)
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures[name] = value
+    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")

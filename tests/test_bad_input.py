@@ -2,8 +2,6 @@
 stderr, `labctl: error: …` naming the field or argument, exit 1 or 2, and never a traceback.
 Hypothesis adds generated documents and bytes on top of the hand-written cases."""
 
-import json
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,9 +10,8 @@ from hypothesis import strategies as st
 from labctl.cli import main
 from labctl.config import parse_lab
 from labctl.errors import ConfigError
+from tests.labenv import record_figure
 from tests.test_config import INVALID
-
-FIGURES = Path(__file__).resolve().parent.parent / "build" / "figures.json"
 
 EXTRA_FILES = [
     (b"\xff\xfe\x00garbage\x00\x01", "not UTF-8 text"),
@@ -95,11 +92,7 @@ def _count(kind):
 def test_zz_record_the_figure():
     tried = len(INVALID) + len(EXTRA_FILES) + len(BAD_ARGS)
     clean = _COUNTS["files"] + _COUNTS["args"]
-    FIGURES.parent.mkdir(exist_ok=True)
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures["bad_input"] = {"tried": tried, "clean": clean, "generated_examples_per_property": 300}
-    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    print(f"FIGURE bad_input: tried {tried}, clean {clean}")
+    record_figure("bad_input", {"tried": tried, "clean": clean, "generated_examples_per_property": 300})
     assert tried >= 40
 
 

@@ -99,3 +99,13 @@ def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
         assert done.code == 1
     err = capsys.readouterr().err
     assert err == "labctl: error: internal error: RuntimeError: kaboom second line (rerun with --debug)\n"
+
+
+def test_loose_secret_files_are_tightened_at_startup(tmp_path, isolated_home):
+    CliRunner().invoke(cli, ["render", str(tmp_path / "r")])
+    key = isolated_home / "data" / "labctl" / "k8s" / "id_ed25519"
+    os.chmod(key, 0o644)
+    os.chmod(key.parent, 0o755)  # noqa: S103 - loosened on purpose: labctl must tighten it
+    assert CliRunner().invoke(cli, ["render", str(tmp_path / "r2")]).exit_code == 0
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700

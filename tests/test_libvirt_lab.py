@@ -16,7 +16,7 @@ from labctl.lifecycle import destroy, lab_id_for
 from labctl.plan import plan_lab
 from labctl.state import LabState
 from tests.harness.libvirtd import can_run
-from tests.labenv import lab_env, labctl, snapshot, write_lab
+from tests.labenv import lab_env, labctl, record_figure, snapshot, write_lab
 
 CAN_RUN, WHY = can_run()
 NODES = ["gateway", "lb1", "master1", "master2", "master3", "worker1", "worker2"]
@@ -93,6 +93,19 @@ def test_up_status_destroy_against_a_real_libvirtd(daemon, env):
         base = [v for v in after["volumes"] if v.startswith("labctl-base-")]
         assert set(after["volumes"]) - set(base) == foreign["volumes"]
         assert len(base) == 2, "the shared base image (and its marker) stays"
+
+        kept = foreign["domains"] | foreign["networks"] | foreign["volumes"] | set(base)
+        lab_left = [n for n, *_ in after["domains"] + after["networks"] if n not in kept]
+        lab_left += [v for v in after["volumes"] if v not in kept]
+        record_figure("destroy_safety", {
+            "foreign_objects": sum(map(len, foreign.values())),
+            "foreign_survived": len(foreign["domains"] & {n for n, *_ in after["domains"]})
+            + len(foreign["networks"] & {n for n, *_ in after["networks"]})
+            + len(foreign["volumes"] & set(after["volumes"])),
+            "lab_objects_before": len(state["domains"]) + len(state["networks"]) + 2 * len(NODES),
+            "lab_objects_left": len(lab_left),
+        })
+        assert lab_left == []
 
         again = labctl(env, "destroy", "--yes")
         assert again.returncode == 0 and "nothing to remove" in again.stderr

@@ -12,19 +12,10 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.labenv import lab_env, labctl, labctl_popen, normalized, snapshot, write_lab
+from tests.labenv import lab_env, labctl, labctl_popen, normalized, record_figure, snapshot, write_lab
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
-FIGURES = Path(__file__).resolve().parent.parent / "build" / "figures.json"
 STEP_PREFIXES = ("base image ", "network ", "node ", "start ")
-
-
-def record_figure(name: str, value: dict) -> None:
-    print(f"FIGURE {name}: {json.dumps(value)}")
-    FIGURES.parent.mkdir(exist_ok=True)
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures[name] = value
-    FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="module")
