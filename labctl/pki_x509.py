@@ -33,6 +33,14 @@ def public_key_pem(private_pem: str) -> str:
     ).decode()
 
 
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """Signing certificates for a CA; signing and key exchange for a TLS client."""
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=not ca, data_encipherment=False,
+        key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+    )
+
+
 def new_ca(common_name: str, now: datetime) -> tuple[str, str]:
     """A self-signed RSA CA valid for ten years from ``now``: ``(cert_pem, key_pem)``."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
@@ -40,14 +48,7 @@ def new_ca(common_name: str, now: datetime) -> tuple[str, str]:
     cert = (
         _builder(name, name, key.public_key(), now, CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .sign(key, hashes.SHA256())
     )
     return _cert_pem(cert), _private_pem(key)
@@ -67,14 +68,7 @@ def new_client_cert(
     cert = (
         _builder(subject, ca_cert.subject, key.public_key(), now, CLIENT_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=True,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -8,21 +8,9 @@ from ipaddress import IPv4Address
 import pytest
 
 from labctl import access
-from labctl.config import load_lab, parse_lab
 from labctl.errors import ConfigError, LabError, StateError
 from labctl.pki import ensure_secrets, known_hosts_lines
-from labctl.plan import plan_lab
 from labctl.state import LabState
-
-
-@pytest.fixture(scope="module")
-def plan():
-    return plan_lab(load_lab())
-
-
-@pytest.fixture(scope="module")
-def bridged():
-    return plan_lab(parse_lab("networks: {internal: {mode: bridge, bridge: br0, cidr: 192.168.1.0/24}}", "t"))
 
 
 @pytest.fixture(scope="module")

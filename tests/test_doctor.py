@@ -8,7 +8,7 @@ import pytest
 
 from labctl.accel import HostFacts
 from labctl.backends.libvirt import LibvirtBackend
-from labctl.config import load_lab, parse_lab
+from labctl.config import parse_lab
 from labctl.doctor import (
     FAIL,
     OK,
@@ -42,15 +42,6 @@ PVM_ONLY = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_pvm"}))
 KVM = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_intel"}))
 GIB = 1 << 30
 
-
-@pytest.fixture(scope="module")
-def plan():
-    return plan_lab(load_lab())
-
-
-@pytest.fixture(scope="module")
-def bridged():
-    return plan_lab(parse_lab("networks: {internal: {mode: bridge, bridge: br0, cidr: 192.168.1.0/24}}", "t"))
 
 
 def only(checks):
