@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from labctl.errors import ConfigError, ImageError
+from labctl.paths import cache_root
 from labctl.resources import data_file
 
 HEX_LENGTHS = {"sha512": 128, "sha256": 64}
@@ -138,10 +140,31 @@ def resolve_image(
     """
     if value is None or isinstance(value, str):
         catalog = catalog if catalog is not None else load_catalog()
-        return catalog.get(value if value is not None else catalog.default, field)
+        name = value if value is not None else catalog.default
+        built = built_manifest(name)
+        if name not in catalog.images and built.is_file():
+            return _built_image(built, field)
+        return catalog.get(name, field)
     if isinstance(value, Mapping):
         return _spec_from_mapping(value, field, base_dir=base_dir)
     raise ConfigError(field, f"expected an image name or a mapping with url or path, not {_kind(value)}")
+
+
+def built_manifest(name: str) -> Path:
+    """Where `labctl image build NAME` leaves the manifest of an image built offline."""
+    return cache_root() / "builds" / f"{name}.json"
+
+
+def _built_image(manifest: Path, field: str) -> ImageSpec:
+    """An image built by `labctl image build`, named in lab.yaml by its name, verified by its sha512."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        entry = {"name": data["name"], "path": data["file"], "format": data["format"], "sha512": data["sha512"],
+                 "kernel": data["kernel"], "initrd": data["initrd"], "cmdline": data["cmdline"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(field, f"unreadable image manifest {manifest}: {err}",
+                          "rebuild it with `labctl image build`") from err
+    return _spec_from_mapping(entry, field, base_dir=manifest.parent)
 
 
 def parse_checksums(text: str, filename: str, origin: str) -> tuple[str, str]:

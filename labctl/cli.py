@@ -144,7 +144,9 @@ def destroy(ctx: Context, yes: bool) -> None:
 
 def _attach_optional_groups() -> None:
     from labctl.cli_image import image
+    from labctl.cli_imagebuild import build_command
 
+    image.add_command(build_command)
     cli.add_command(image)
 
 

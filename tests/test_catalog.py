@@ -1,5 +1,6 @@
 """The shipped catalog, image references from lab.yaml, checksum files, data lookup."""
 
+import json
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -164,3 +165,21 @@ def test_spec_filename_and_with_digest():
     spec = ImageSpec(name="x", url="https://e.org/a%20b/disk%201.qcow2")
     assert spec.filename == "disk 1.qcow2"
     assert spec.with_digest("sha512", HEX512).digest == HEX512
+
+
+def test_an_image_built_offline_is_named_by_its_name(isolated_home):
+    from labctl.catalog import built_manifest
+
+    manifest = built_manifest("lab-offline")
+    manifest.parent.mkdir(parents=True)
+    for suffix in (".qcow2", ".vmlinuz", ".initrd"):
+        manifest.with_suffix(suffix).write_bytes(b"x")
+    manifest.write_text(json.dumps({
+        "name": "lab-offline", "format": "qcow2", "file": "lab-offline.qcow2", "kernel": "lab-offline.vmlinuz",
+        "initrd": "lab-offline.initrd", "cmdline": "root=LABEL=labctl-root ro console=ttyS0", "sha512": "a" * 128}))
+    spec = resolve_image("lab-offline")
+    assert spec.path == manifest.with_suffix(".qcow2") and spec.kernel == manifest.with_suffix(".vmlinuz")
+    assert (spec.algo, spec.digest, spec.cmdline) == ("sha512", "a" * 128, "root=LABEL=labctl-root ro console=ttyS0")
+    manifest.write_text("{broken")
+    with pytest.raises(ConfigError, match=r"image: unreadable image manifest"):
+        resolve_image("lab-offline")
