@@ -60,3 +60,26 @@ def bridged():
     from labctl.plan import plan_lab
 
     return plan_lab(parse_lab("networks: {internal: {mode: bridge, bridge: br0, cidr: 192.168.1.0/24}}", "t"))
+
+
+_STARTED: list[float] = []
+
+
+def pytest_sessionstart(session):
+    import time
+
+    _STARTED.append(time.time())
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show the reliability figures and the end-to-end phase timings of this run at the end."""
+    import json
+
+    build = Path(__file__).resolve().parent.parent / "build"
+    for name, title in (("figures.json", "reliability figures"), ("e2e-timings.json", "end-to-end timings")):
+        path = build / name
+        if path.is_file() and _STARTED and path.stat().st_mtime >= _STARTED[0]:
+            terminalreporter.section(title)
+            data = json.loads(path.read_text())
+            shown = {k: data[k] for k in ("phases", "total") if k in data} if name.startswith("e2e") else data
+            terminalreporter.write_line(json.dumps(shown, indent=2))
