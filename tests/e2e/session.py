@@ -1,0 +1,172 @@
+"""The running lab the e2e checks look at: image, private libvirtd, namespace server, ``labctl up``.
+
+:func:`running_lab` sets everything up and yields an :class:`E2E`; leaving it, whatever happened,
+destroys the lab, ends every process it started by its pid (the namespace server, the daemons and
+their qemu and dnsmasq) and deletes the namespace. Timings of every phase go to ``timings.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.image import e2e_image
+from tests.e2e.lab import Lab, NetnsServer, Timings, lab_yaml, phase_timeline, plan_of
+from tests.harness.libvirtd import PrivateLibvirtd, can_run
+from tests.httpserver import HTTPTestServer
+
+HERE = Path(__file__).resolve().parent
+TIMINGS_REPORT = HERE.parent.parent / "build" / "e2e-timings.json"
+LAB = "e2e"
+SABOTAGED = "e2ebad"
+MAIN_NODES = ["gateway", "lb1", "master1", "master2", "master3", "worker1"]
+NETNS_PORT = 18080
+UP_TIMEOUT = 2400  # a cold six-node lab under TCG on two cores
+SMALL_UP_TIMEOUT = 1500
+CA_FILES = ("ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
+            "sa.key", "sa.pub")
+CLOCK_SKEW = 5.0  # seconds two guests' clocks may disagree (all start from the host's RTC)
+STANDIN_DIR = "/var/lib/labctl-standin"
+CNI_MANIFEST = b"""\
+# labctl e2e: the CNI manifest served inside the namespace; the kubectl stand-in records it.
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: labctl-e2e-cni, namespace: kube-system}
+data: {marker: labctl-e2e}
+"""
+
+
+def skip_reason() -> str | None:
+    ok, why = can_run()
+    if not ok:
+        return why
+    missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "dpkg-deb") if shutil.which(tool) is None]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+@dataclass
+class E2E:
+    lab: Lab
+    daemon: PrivateLibvirtd
+    work: Path
+    timings: Timings
+    netns_server: NetnsServer
+    image_entry: dict[str, str]
+    cni: tuple[str, str]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def lab_for(daemon: PrivateLibvirtd, work: Path, name: str, text: str) -> Lab:
+    config = work / f"{name}.yaml"
+    config.write_text(text)
+    data_home = work / "data"
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(data_home),
+        "XDG_CACHE_HOME": str(work / "cache"),
+        "LABCTL_POOL_DIR": str(daemon.base_dir / "pool"),
+        "LABCTL_CONSOLE_DIR": str(daemon.base_dir / "console"),
+        "LABCTL_CONFIG": str(config),
+        "LIBVIRT_DEFAULT_URI": daemon.uri,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent.parent), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("LABCTL_NAME", None)
+    return Lab(config, env, daemon.netns, daemon.base_dir / "console", data_home)
+
+
+def cni_for(text: str) -> tuple[str, str]:
+    """The manifest URL on the NAT network's host side (the namespace server), and its SHA-256."""
+    nat_host = plan_of(text).network("nat").host_address
+    assert nat_host is not None
+    return f"http://{nat_host.ip}:{NETNS_PORT}/cni.yaml", hashlib.sha256(CNI_MANIFEST).hexdigest()
+
+
+def lab_text(name: str, image: dict[str, str], masters: int, workers: int) -> str:
+    first = lab_yaml(name, image, masters=masters, workers=workers)
+    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni_for(first))
+
+
+def destroy_lab(lab: Lab) -> None:
+    """Teardown: `labctl destroy --yes`, bounded; never raises (the daemon's stop comes next)."""
+    with contextlib.suppress(Exception):
+        done = lab.labctl("destroy", "--yes", timeout=300)
+        print(f"[e2e] teardown: destroy {lab.name}: exit {done.returncode} {done.stderr.strip()[-300:]}", flush=True)
+
+
+def failure_report(lab: Lab, lines: list[tuple[float, str]]) -> str:
+    tails = []
+    for node in lab.plan.node_names:
+        phases = lab.phases(node)
+        if not phases or phases[-1] != "ready":
+            text = lab.console(node).replace("\r", "")
+            tails.append(f"--- {node} phases {phases}; console tail:\n" + "\n".join(text.splitlines()[-40:]))
+    return "\n".join([*(line for _, line in lines[-40:]), *tails])
+
+
+def boot_profile(lab: Lab, node: str, work: Path) -> list[str]:
+    """Where a node's boot went (systemd and cloud-init's own accounts): printed and kept, never fatal."""
+    script = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 8; "
+              "sudo cloud-init analyze show | grep -E 'Finished stage|Total Time'; "
+              "sudo cloud-init analyze blame | sed -n 2,9p")
+    try:
+        done = lab.ssh(node, "sh", "-c", script, timeout=240)
+    except subprocess.TimeoutExpired:
+        return ["(timed out)"]
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    (work / f"boot-profile-{node}.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(f"[e2e boot profile {node}] {line}" for line in lines), flush=True)
+    return lines
+
+
+@contextlib.contextmanager
+def running_lab(work: Path) -> Iterator[E2E]:
+    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up`."""
+    timings = Timings()
+    base = Path("/tmp") / f"lc-{os.getpid()}-e2e"  # short: unix socket paths are limited to 107 bytes
+    base.mkdir(exist_ok=True)
+    stack = contextlib.ExitStack()
+    try:
+        with timings.measure("image: build or take from cache"):
+            image, _, built = e2e_image(log=lambda line: print(f"[e2e image] {line}", flush=True))
+        timings.notes["image"] = {"built": built, "path": str(image.path), "bytes": image.path.stat().st_size}
+        server = stack.enter_context(HTTPTestServer())
+        handle = stack.enter_context(image.path.open("rb"))
+        body = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        entry = {"name": "labctl-e2e", "url": server.add("/labctl-e2e.qcow2", body), "sha512": image.sha512,
+                 "kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
+        with timings.measure("private libvirtd in a new network namespace"):
+            daemon = PrivateLibvirtd(base)
+            stack.callback(daemon.stop)
+            daemon.start()
+        (base / "console").mkdir(exist_ok=True)
+        text = lab_text(LAB, entry, masters=3, workers=1)
+        lab = lab_for(daemon, work, LAB, text)
+        manifest = work / "cni.yaml"
+        manifest.write_bytes(CNI_MANIFEST)
+        netns_server = NetnsServer(daemon.netns, NETNS_PORT, manifest, work / "netns-server.jsonl")
+        stack.callback(netns_server.stop)
+        netns_server.start()
+        stack.callback(destroy_lab, lab)
+        with timings.measure("labctl up: 6 nodes from nothing to ready"):
+            code, lines = lab.up(UP_TIMEOUT, work / "up.log")
+        timings.notes["up_phases"] = phase_timeline(lines, MAIN_NODES)
+        assert code == 0, f"labctl up exited {code}:\n{failure_report(lab, lines)}"
+        assert server.seen("/labctl-e2e.qcow2"), "labctl did not download the image from the test server"
+        timings.notes["boot_profile_master1"] = boot_profile(lab, "master1", work)
+        yield E2E(lab, daemon, work, timings, netns_server, entry, cni_for(text))
+    finally:
+        with timings.measure("teardown: destroy, end processes, delete namespace"):
+            stack.close()
+        print(timings.table(), flush=True)
+        timings.save(work / "timings.json")
+        TIMINGS_REPORT.parent.mkdir(exist_ok=True)
+        timings.save(TIMINGS_REPORT)  # shown at the end of the test run (tests/conftest.py)
+        print(f"[e2e] timings written to {work / 'timings.json'} and {TIMINGS_REPORT}", flush=True)

@@ -1,0 +1,407 @@
+"""End to end: the whole lab in real VMs under QEMU/TCG, in a private libvirtd of this test's own.
+
+As root, the run makes its own network namespace with its own virtlogd and libvirtd
+(tests/harness), builds (or takes from the machine's cache) an offline image with labctl's own
+builder, pre-baked and carrying the kubeadm/kubelet/kubectl stand-ins (tests/e2e/standin), serves
+it on 127.0.0.1 with its SHA-512 so labctl's real download-and-verify path runs, and boots
+gateway, lb1, master1..3 and worker1 with ``labctl up``. The checks look from inside the VMs
+through ``labctl ssh``, run inside the namespace. Whatever happens, the teardown destroys the
+lab, ends every process it started by its pid and deletes the namespace. The wall time of each
+phase and the total are printed (``pytest -s``) and written to timings.json in the test's tmp dir
+and to build/e2e-timings.json (shown at the end of the test run). ``make e2e`` runs this alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import libvirt
+import pytest
+import yaml
+
+from labctl.libvirt_xml import read_tag
+from labctl.pki_x509 import ca_cert_hash
+from tests.e2e.lab import Lab, phase_timeline
+from tests.e2e.session import (
+    CA_FILES,
+    CLOCK_SKEW,
+    E2E,
+    HERE,
+    LAB,
+    MAIN_NODES,
+    NETNS_PORT,
+    SABOTAGED,
+    SMALL_UP_TIMEOUT,
+    STANDIN_DIR,
+    failure_report,
+    lab_for,
+    lab_text,
+    running_lab,
+    skip_reason,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+    reason = skip_reason()
+    if reason and os.geteuid() == 0 and os.environ.get("CI"):
+        pytest.fail(f"e2e cannot run: {reason} (CI must provide it: make test-deps)")
+    if reason:
+        print(f"e2e skipped: {reason}")
+        pytest.skip(reason)
+    with running_lab(tmp_path_factory.mktemp("e2e")) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def timed(request: pytest.FixtureRequest, e2e: E2E) -> Iterator[None]:
+    with e2e.timings.measure(f"check {request.node.name.removeprefix('test_')}"):
+        yield
+
+
+def node_facts(e2e: E2E) -> dict[str, Any]:
+    """Every node's probe output (tests/e2e/probe.py), gathered once."""
+    if not e2e.facts:
+        plan = e2e.lab.plan
+        names = [*plan.node_names, *(n.fqdn for n in plan.nodes), plan.api_name]
+
+        def probe(node: str) -> Any:
+            began = time.monotonic()
+            facts = e2e.lab.python(node, HERE / "probe.py", str(plan.gateway_address), *names)
+            e2e.timings.notes.setdefault("probe_s", {})[node] = {"total": round(time.monotonic() - began, 1),
+                                                                 **facts.get("took", {})}
+            return facts
+
+        # In parallel: each probe is bound by its own VM's CPU (TCG), not by the host.
+        with ThreadPoolExecutor(max_workers=len(plan.nodes)) as pool:
+            e2e.facts.update(zip(plan.node_names, pool.map(probe, plan.node_names), strict=True))
+    return e2e.facts
+
+
+# --- 1. cloud-init, names, addresses, routes, resolver ---------------------------------------
+
+
+def cloud_init_problems(facts: dict[str, Any]) -> list[str]:
+    status = facts["cloud_init"]["status"] or {}
+    problems = []
+    if status.get("status") != "done" or facts["cloud_init"]["rc"] != 0:
+        problems.append(f"cloud-init status {status.get('status')!r} (rc {facts['cloud_init']['rc']}): "
+                        f"{facts['cloud_init']['out'][-600:]}")
+    if status.get("errors"):
+        problems.append(f"cloud-init errors: {status['errors']}")
+    if status.get("recoverable_errors"):
+        problems.append(f"cloud-init warnings: {status['recoverable_errors']}")
+    problems += [f"cloud-init.log: {line}" for line in facts["cloud_init_log_problems"]]
+    return problems
+
+
+def network_problems(e2e: E2E, node_name: str, facts: dict[str, Any]) -> list[str]:
+    plan = e2e.lab.plan
+    node = plan.node(node_name)
+    problems = []
+    links = {link.get("address"): link for link in facts["links"] or []}
+    nic_names = {"nat": "wan0", "internal": "lan0"}
+    for nic in node.nics:
+        link = links.get(nic.mac)
+        if link is None:
+            problems.append(f"no NIC with MAC {nic.mac}")
+            continue
+        addresses = {(a["local"], a["prefixlen"]) for a in link.get("addr_info", []) if a.get("family") == "inet"}
+        if link["ifname"] != nic_names[nic.network]:
+            problems.append(f"MAC {nic.mac} is {link['ifname']}, not {nic_names[nic.network]}")
+        if (str(nic.address.ip), nic.address.network.prefixlen) not in addresses:
+            problems.append(f"{link['ifname']} has {sorted(addresses)}, not {nic.address}")
+    nat_host = plan.network("nat").host_address
+    via, dev = (str(nat_host.ip), "wan0") if node.role == "gateway" and nat_host else (str(plan.gateway_address),
+                                                                                       "lan0")
+    routes = [(r.get("gateway"), r.get("dev")) for r in facts["routes"] or []]
+    if routes != [(via, dev)]:
+        problems.append(f"default routes {routes}, expected [({via!r}, {dev!r})]")
+    resolver_line = next((line for line in facts["resolvers"].splitlines() if f"({dev})" in line), "")
+    if via not in resolver_line.split():
+        problems.append(f"resolver of {dev} is {resolver_line!r}, expected {via}")
+    return problems
+
+
+def test_1_every_node_booted_cleanly_with_its_names_address_route_and_resolver(e2e: E2E) -> None:
+    facts = node_facts(e2e)
+    problems = {}
+    for node in e2e.lab.plan.nodes:
+        found = cloud_init_problems(facts[node.name]) + network_problems(e2e, node.name, facts[node.name])
+        if facts[node.name]["hostname"] != node.name:
+            found.append(f"hostname {facts[node.name]['hostname']!r}")
+        if facts[node.name]["fqdn"] != node.fqdn:
+            found.append(f"fqdn {facts[node.name]['fqdn']!r}, expected {node.fqdn}")
+        if found:
+            problems[node.name] = found
+    assert not problems, json.dumps(problems, indent=2)
+
+
+# --- 2. forwarding and masquerading -----------------------------------------------------------
+
+
+def test_2_gateway_forwards_and_masquerades_to_the_nat_network(e2e: E2E) -> None:
+    plan = e2e.lab.plan
+    nat_host = plan.network("nat").host_address
+    assert nat_host is not None
+    uplink = str(next(nic.address.ip for nic in plan.node("gateway").nics if nic.network == "nat"))
+    before = len(e2e.netns_server.requests())
+    seen = e2e.lab.ssh_ok("worker1", "curl", "-sS", "--max-time", "15",
+                          f"http://{nat_host.ip}:{NETNS_PORT}/whoami").strip()
+    assert seen == uplink, f"the namespace saw worker1's request from {seen}, not the gateway's uplink {uplink}"
+    [request] = [r for r in e2e.netns_server.requests()[before:] if r["path"] == "/whoami"]
+    assert request["peer"] == uplink
+
+
+# --- 3. lab DNS --------------------------------------------------------------------------------
+
+
+def test_3_every_name_resolves_from_every_node_through_the_gateway(e2e: E2E) -> None:
+    plan = e2e.lab.plan
+    expected = {plan.api_name: [str(plan.api_address)]}
+    for node in plan.nodes:
+        expected[node.name] = expected[node.fqdn] = [str(node.internal.address.ip)]
+    problems = {}
+    for name, facts in node_facts(e2e).items():
+        wrong = {q: a for q, a in facts["dns_via_gateway"].items() if (a or {}).get("a") != expected[q]}
+        # Through the node's own resolver too (systemd-resolved, whose server is the gateway). Not on the
+        # gateway, whose upstream is libvirt's; and not the node's own names, which /etc/hosts answers
+        # (127.0.1.1: cloud-init's manage_etc_hosts) before DNS is asked.
+        if name != "gateway":
+            own = {name, plan.node(name).fqdn}
+            wrong |= {f"system:{q}": a for q, a in facts["dns_system"].items() if q not in own and a != expected[q]}
+        if wrong:
+            problems[name] = wrong
+    assert not problems, json.dumps(problems, indent=2)
+
+
+# --- 4. HAProxy health checks ---------------------------------------------------------------
+
+
+def haproxy_states(e2e: E2E) -> dict[str, str]:
+    """Each master's server status in lb1's kube-apiserver backend, from the stats CSV."""
+    lab = e2e.lab
+    lb = lab.plan.node("lb1")
+    password = (lab.pki_dir / "haproxy-stats").read_text().strip()
+    text = lab.ssh_ok("lb1", "curl", "-sS", "--max-time", "10", "-u", f"admin:{password}",
+                      f"http://{lb.internal.address.ip}:8404/;csv")
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return {row["svname"]: row["status"] for row in rows if row["pxname"] == "kube-apiserver"
+            and row["svname"].startswith("master")}
+
+
+def wait_for_states(e2e: E2E, wanted: dict[str, str], timeout: float = 120) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = haproxy_states(e2e)
+        if all(states.get(name, "").startswith(status) for name, status in wanted.items()):
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"HAProxy states {states}, wanted {wanted} within {timeout:.0f}s")
+        time.sleep(3)
+
+
+def test_4_haproxy_marks_a_master_down_when_its_apiserver_stops(e2e: E2E) -> None:
+    all_up = {f"master{i}": "UP" for i in (1, 2, 3)}
+    wait_for_states(e2e, all_up, timeout=60)
+    e2e.lab.ssh_ok("master3", "sudo", "systemctl", "stop", "labctl-fake-apiserver.service")
+    try:
+        began = time.monotonic()
+        states = wait_for_states(e2e, {**all_up, "master3": "DOWN"})
+        e2e.timings.notes["haproxy_down_after_s"] = round(time.monotonic() - began, 1)
+        assert states["master1"] == "UP" and states["master2"] == "UP", states
+    finally:
+        e2e.lab.ssh_ok("master3", "sudo", "systemctl", "start", "labctl-fake-apiserver.service")
+    wait_for_states(e2e, all_up)
+
+
+# --- 5. what kubeadm, kubectl and kubelet were asked to do ----------------------------------
+
+
+def calls_of(e2e: E2E, node: str, tool: str, command: str | None = None) -> list[dict[str, Any]]:
+    calls = e2e.lab.jsonl(node, f"{STANDIN_DIR}/calls.jsonl")
+    return [c for c in calls if c["tool"] == tool and (command is None or c["argv"][:1] == [command])]
+
+
+def config_docs(call: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(call["config"]) if doc}
+
+
+def node_ip_of(doc: dict[str, Any]) -> str | None:
+    extra = doc["nodeRegistration"].get("kubeletExtraArgs") or []
+    pairs = extra.items() if isinstance(extra, dict) else ((a["name"], a["value"]) for a in extra)
+    return dict(pairs).get("node-ip")
+
+
+def first_readyz_from(events: list[dict[str, Any]], peer: str) -> float | None:
+    times = [e["time"] for e in events
+             if e.get("event") == "request" and e.get("peer") == peer and e["path"] == "/readyz" and e["status"] == 200]
+    return min(times) if times else None
+
+
+def test_5_standins_show_init_then_ordered_joins_with_the_hosts_token_and_ca_hash(e2e: E2E) -> None:
+    lab = e2e.lab
+    plan = lab.plan
+    token = (lab.pki_dir / "token").read_text().strip()
+    ca_hash = ca_cert_hash((lab.pki_dir / "ca.crt").read_text())
+    ip = {node.name: str(node.internal.address.ip) for node in plan.nodes}
+    spec = plan.lab.kubernetes
+
+    [init] = calls_of(e2e, "master1", "kubeadm", "init")
+    assert init["argv"] == ["init", "--config", "/etc/labctl/kubeadm.yaml"] and init["exit"] == 0, init
+    docs = config_docs(init)
+    assert docs["ClusterConfiguration"]["controlPlaneEndpoint"] == f"{plan.api_name}:6443"
+    assert docs["ClusterConfiguration"]["networking"] == {"podSubnet": str(spec.pod_cidr),
+                                                          "serviceSubnet": str(spec.service_cidr)}
+    assert [t["token"] for t in docs["InitConfiguration"]["bootstrapTokens"]] == [token]
+    assert docs["InitConfiguration"]["localAPIEndpoint"]["advertiseAddress"] == ip["master1"]
+    assert node_ip_of(docs["InitConfiguration"]) == ip["master1"]
+    [applied] = calls_of(e2e, "master1", "kubectl")
+    assert applied["manifest_sha256"] == e2e.cni[1] and "labctl-e2e" in applied["manifest_text"], applied
+
+    joins, apiservers = {}, {}
+    for node in ("master1", "master2", "master3"):
+        apiservers[node] = lab.jsonl(node, f"{STANDIN_DIR}/apiserver.jsonl")
+    for node in ("master2", "master3", "worker1"):
+        [joins[node]] = calls_of(e2e, node, "kubeadm", "join")
+        call = joins[node]
+        assert call["argv"] == ["join", "--config", "/etc/labctl/kubeadm.yaml"] and call["exit"] == 0, call
+        join = config_docs(call)["JoinConfiguration"]
+        discovery = join["discovery"]["bootstrapToken"]
+        assert discovery["token"] == token and discovery["caCertHashes"] == [ca_hash], discovery
+        assert discovery["apiServerEndpoint"] == f"{plan.api_name}:6443"
+        assert node_ip_of(join) == ip[node]
+        assert call["probe"]["status"] == 200, call["probe"]
+        if node.startswith("master"):
+            assert join["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == ip[node], join
+        else:
+            assert "controlPlane" not in join, join
+
+    order = {}
+    for node, previous in (("master2", "master1"), ("master3", "master2")):
+        listening = next(e["time"] for e in apiservers[previous] if e.get("event") == "listening")
+        waited = first_readyz_from(apiservers[previous], ip[node])
+        assert waited is not None, f"{node} never asked {previous}'s /readyz before joining"
+        started = joins[node]["time"]
+        assert listening <= waited <= started + CLOCK_SKEW, (previous, listening, waited, started)
+        order[node] = {"previous_listening": listening, "readyz_answered": waited, "join_started": started}
+    assert joins["master2"]["finished"] <= joins["master3"]["time"] + CLOCK_SKEW, "master3 joined before master2"
+    e2e.timings.notes["join_order"] = order
+
+    for node in ("master2", "master3"):
+        sums = lab.ssh_ok(node, "sudo", "sha256sum", *(f"/etc/kubernetes/pki/{name}" for name in CA_FILES))
+        on_node = {line.split()[1].removeprefix("/etc/kubernetes/pki/"): line.split()[0] for line in sums.splitlines()}
+        on_host = {name: hashlib.sha256((lab.pki_dir / name).read_bytes()).hexdigest() for name in CA_FILES}
+        assert on_node == on_host, f"{node}'s CA files differ from the host's"
+        assert joins[node]["pki"]["ca.crt"] == on_host["ca.crt"], "the CA was not in place when kubeadm join ran"
+
+
+# --- 6. serial consoles -------------------------------------------------------------------
+
+
+def test_6_every_console_ends_with_ready(e2e: E2E) -> None:
+    phases = {node: e2e.lab.phases(node) for node in e2e.lab.plan.node_names}
+    assert all(p and p[-1] == "ready" and not any(x.startswith("failed") for x in p) for p in phases.values()), phases
+    e2e.timings.notes["console_phases"] = phases
+
+
+# --- 7. pinned host keys --------------------------------------------------------------------
+
+
+def test_7_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
+    lab = e2e.lab
+    began = time.monotonic()
+    assert lab.ssh_ok("master1", "hostname").strip() == "master1"
+    e2e.timings.notes["ssh_roundtrip_s"] = round(time.monotonic() - began, 1)
+    pinned = (lab.pki_dir / "hostkeys" / "master1.pub").read_text().split()[:2]
+    served = lab.ssh_ok("master1", "cat", "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
+    assert served == pinned, "master1 serves a host key other than the one labctl pinned"
+    known = (lab.state_dir / "known_hosts").read_text()
+    assert " ".join(pinned) in known
+    # Last use of master1 in this lab: give it a new host key (check 8 only destroys the lab).
+    lab.ssh_ok("master1", "sudo", "sh", "-c",
+               "rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && "
+               "ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh")
+    refused = lab.ssh("master1", "hostname", timeout=60)
+    assert refused.returncode != 0 and "master1" not in refused.stdout, refused
+    assert "host key" in refused.stderr.lower() or "identification has changed" in refused.stderr.lower(), \
+        refused.stderr[-1000:]
+
+
+# --- 8. status, destroy, up again -----------------------------------------------------------
+
+
+def lab_objects(e2e: E2E, lab_name: str, lab_id: str) -> list[str]:
+    """Every domain and network tagged with ``lab_name``, and every volume named with ``lab_id``."""
+    def ours(xml: str) -> bool:
+        tag = read_tag(xml)
+        return tag is not None and tag.lab == lab_name
+
+    conn = libvirt.open(e2e.daemon.uri)
+    try:
+        found = [f"domain {d.name()}" for d in conn.listAllDomains() if ours(d.XMLDesc(0))]
+        found += [f"network {n.name()}" for n in conn.listAllNetworks() if ours(n.XMLDesc(0))]
+        pool = conn.storagePoolLookupByName("labctl")
+        pool.refresh(0)
+        found += [f"volume {v.name()}" for v in pool.listAllVolumes() if lab_id in v.name()]
+        return found
+    finally:
+        conn.close()
+
+
+def test_8_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -> None:
+    lab = e2e.lab
+    status = lab.labctl("status", "--output", "json", timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert [(r["name"], r["state"]) for r in json.loads(status.stdout)] == [(n, "running") for n in MAIN_NODES]
+    lab_id = json.loads((lab.state_dir / "lab.json").read_text())["id"]
+    assert lab_objects(e2e, LAB, lab_id), "the lab's objects should be there before destroy"
+    with e2e.timings.measure("labctl destroy (6 nodes)"):
+        gone = lab.labctl("destroy", "--yes", timeout=300)
+    assert gone.returncode == 0, gone.stderr
+    assert lab_objects(e2e, LAB, lab_id) == []
+    left = sorted(p.name for p in lab.state_dir.iterdir()) if lab.state_dir.exists() else []
+    assert left in ([], ["lock"]), f"destroy left {left} in the lab's state dir"
+
+    small = lab_for(e2e.daemon, e2e.work, LAB, lab_text(LAB, e2e.image_entry, masters=1, workers=0))
+    with e2e.timings.measure("labctl up again: 3 nodes to ready"):
+        code, lines = small.up(SMALL_UP_TIMEOUT, e2e.work / "up-again.log")
+    e2e.timings.notes["up_again_phases"] = phase_timeline(lines, ["gateway", "lb1", "master1"])
+    assert code == 0, failure_report(small, lines)
+    assert small.ssh_ok("master1", "hostname").strip() == "master1"
+    again = small.labctl("destroy", "--yes", timeout=300)
+    assert again.returncode == 0, again.stderr
+
+
+# --- 9. sabotage ----------------------------------------------------------------------------
+
+
+def test_9_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
+    bad = lab_for(e2e.daemon, e2e.work, SABOTAGED, lab_text(SABOTAGED, e2e.image_entry, masters=1, workers=0))
+    argv = [sys.executable, "-m", "tests.e2e.sabotage", "master1", "up", "--timeout", str(SMALL_UP_TIMEOUT)]
+    try:
+        with e2e.timings.measure("labctl up with master1's kubeadm config broken"):
+            code, lines = bad.up(SMALL_UP_TIMEOUT, e2e.work / "up-sabotaged.log", argv=argv)
+        output = "\n".join(line for _, line in lines)
+        assert code == 1, output[-3000:]
+        assert "node master1 failed at step kubeadm-init" in output, output[-3000:]
+        assert bad.phases("master1")[-1] == "failed kubeadm-init", bad.phases("master1")
+        [init] = calls_of_lab(bad, "master1")
+        assert init["exit"] == 1 and "not YAML" in init["error"], init
+    finally:
+        bad.labctl("destroy", "--yes", timeout=300)
+
+
+def calls_of_lab(lab: Lab, node: str) -> list[dict[str, Any]]:
+    return [c for c in lab.jsonl(node, f"{STANDIN_DIR}/calls.jsonl") if c["tool"] == "kubeadm"]
