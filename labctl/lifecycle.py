@@ -25,9 +25,10 @@ class NodeStatus:
     addresses: tuple[str, ...]
 
 
-def lab_id_for(plan: Plan, backend: Backend, state: LabState) -> str:
-    """The lab's id: the state record's, else the one in libvirt's tags, else a new one."""
-    ids = backend.find_lab_ids(plan.lab.name)
+def lab_id_for(plan: Plan, backend: Backend, state: LabState, ids: set[str] | None = None) -> str:
+    """The lab's id: the state record's, else the one in libvirt's tags, else a new one.
+    ``ids`` are the tags' ids when the caller has already listed them."""
+    ids = backend.find_lab_ids(plan.lab.name) if ids is None else ids
     recorded = state.record().get("id")
     if recorded and ids and recorded not in ids:
         # The state dir was recreated while the lab lives on: trust libvirt, it holds the objects.
@@ -53,13 +54,14 @@ def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_t
     lab = plan.lab
     wanted = plan_fingerprint(plan)
     built = state.record().get("built")
-    if built and backend.find_lab_ids(lab.name):
+    existing = backend.find_lab_ids(lab.name)  # one listing of domains and networks serves both uses
+    if built and existing:
         refused = unappliable_changes(built, wanted)
         if refused:
             raise ConfigError("", f"lab.yaml changed under the existing lab {lab.name}; cannot apply in place: "
                               + ", ".join(refused), "revert those changes, or rebuild with "
                               "`labctl destroy --yes` then `labctl up`")
-    lab_id = lab_id_for(plan, backend, state)
+    lab_id = lab_id_for(plan, backend, state, existing)
     state.save_record({**state.record(), "name": lab.name, "id": lab_id, "image_digest": image.digest,
                        "built": wanted})
     changes = 0

@@ -107,6 +107,3 @@ class LabState:
             write_private(self.ssh_key_path, private)
             write_private(pub, public + f" labctl-{self.name}\n".encode())
         return pub.read_text().strip()
-
-    def remove_record(self) -> None:
-        (self.root / "lab.json").unlink(missing_ok=True)
