@@ -7,6 +7,7 @@ host keys, and nothing else), so ``labctl ssh`` never asks to trust a key and ne
 
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -196,6 +197,18 @@ def exec_argv(argv: Sequence[str], execvp: Exec | None = None) -> NoReturn:
 
 
 _PACKAGES = {"ssh": "openssh-client", "virsh": "libvirt-clients"}
+
+
+def run_output(argv: Sequence[str], timeout: float) -> str | None:
+    """Run ``argv`` (an ssh query), bounded by ``timeout``; its stdout, or None when it failed or took too long."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+    except FileNotFoundError as err:
+        raise LabError(f"{argv[0]} not found", f"install it ({_PACKAGES.get(argv[0], argv[0])})") from err
+    return done.stdout if done.returncode == 0 else None
 
 
 def read_from(path: Path, offset: int) -> tuple[bytes, int]:

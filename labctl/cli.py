@@ -3,7 +3,6 @@
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import NoReturn
@@ -11,6 +10,7 @@ from typing import NoReturn
 import click
 
 from labctl import __version__
+from labctl.cli_host import await_ready, wait_timeout_option
 from labctl.cli_host import register as register_host_commands
 from labctl.clictx import Context, pass_ctx
 from labctl.config import default_text
@@ -76,8 +76,7 @@ def render(ctx: Context, directory: Path) -> None:
 
 @cli.command()
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every node is ready.")
-@click.option("--timeout", type=click.IntRange(1, 86400), default=2700, show_default=True, metavar="SECONDS",
-              help="How long to wait for the lab to become ready (a cold cluster under TCG is slow).")
+@wait_timeout_option
 @pass_ctx
 def up(ctx: Context, wait: bool, timeout: int) -> None:
     """Create what is missing, start what is stopped, wait until every node is ready."""
@@ -87,7 +86,6 @@ def up(ctx: Context, wait: bool, timeout: int) -> None:
     from labctl.imagesupply import image_for_lab
     from labctl.lifecycle import remove_seeds
     from labctl.lifecycle import up as apply_up
-    from labctl.readiness import PhaseView, log_reader, wait_ready
 
     the_plan = ctx.plan()
     backend = ctx.backend()
@@ -102,10 +100,7 @@ def up(ctx: Context, wait: bool, timeout: int) -> None:
         if not wait:
             ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
             return
-        paths = {node.name: backend.console_log(node) for node in the_plan.nodes}
-        view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
-        wait_ready(the_plan, log_reader(paths, result.console_offsets), view, timeout=timeout,
-                   clock=time.monotonic, sleep=time.sleep)
+        await_ready(ctx, backend, the_plan.nodes, result.console_offsets, timeout)
         remove_seeds(the_plan, backend, result.lab_id, ctx.report)
     ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes ready"
                + ("" if result.changes else " (nothing changed)"))

@@ -8,7 +8,9 @@ Shell completion (commands and node names) is click's: ``eval "$(_LABCTL_COMPLET
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from click.shell_completion import CompletionItem
@@ -20,6 +22,8 @@ from labctl.plan import NodePlan, Plan
 from labctl.state import LabState
 
 STOP_TIMEOUT = 120  # seconds of ACPI shutdown before a node is forced off
+READY_TIMEOUT = 2700  # seconds `up` and `start` wait for readiness (a cold cluster under TCG is slow)
+SSH_READ_TIMEOUT = 30  # seconds for one ssh read of a node's phase
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 
 
@@ -172,6 +176,39 @@ def console(ctx: Context, node: str) -> None:
     access.exec_argv(["virsh", "-c", _uri(ctx), "console", domain])
 
 
+wait_timeout_option = click.option(
+    "--timeout", type=click.IntRange(1, 86400), default=READY_TIMEOUT, show_default=True, metavar="SECONDS",
+    help="How long to wait for readiness (a cold cluster under TCG is slow).")
+
+
+def await_ready(ctx: Context, backend: Any, nodes: Sequence[NodePlan], offsets: dict[str, int], timeout: int) -> None:
+    """Wait until every one of ``nodes`` is ready, from their console logs (over ssh where those are not
+    readable here); a live table on a terminal, one line per phase change otherwise."""
+    from labctl.readiness import PhaseView, log_reader, ssh_phase_reader, wait_ready
+
+    paths = {node.name: backend.console_log(node) for node in nodes}
+    fallback = ssh_phase_reader(_phase_over_ssh(ctx), time.monotonic)
+    view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
+    wait_ready(nodes, log_reader(paths, offsets, fallback), view, timeout=timeout, clock=time.monotonic,
+               sleep=time.sleep)
+
+
+def _phase_over_ssh(ctx: Context) -> Callable[[str], str | None]:
+    """Runs the phase query on a node over ssh; the lab's ssh files are written once, at the first use."""
+    from labctl.readiness import REMOTE_PHASE
+
+    route: list[tuple[Plan, LabState, bool, str | None]] = []
+
+    def run(name: str) -> str | None:
+        if not route:
+            route.append(_ssh_route(ctx, None))
+        the_plan, state, via_gateway, hop = route[0]
+        argv = access.ssh_argv(the_plan, state, name, (REMOTE_PHASE,), via_gateway=via_gateway, first_hop=hop)
+        return access.run_output(argv, timeout=SSH_READ_TIMEOUT)
+
+    return run
+
+
 def _selected(the_plan: Plan, names: tuple[str, ...]) -> list[NodePlan]:
     """The named nodes in boot order, or every node."""
     for name in names:
@@ -189,21 +226,32 @@ def stop(ctx: Context, nodes: tuple[str, ...], timeout: int) -> None:
     the_plan = ctx.plan()
     selected = _selected(the_plan, nodes)
     backend = ctx.backend()
-    for node in reversed(selected):
-        ctx.report(f"stop {node.name}: {backend.stop_node(node, timeout, time.monotonic, time.sleep)}")
+    with ctx.locked(the_plan.lab, "stop"):
+        for node in reversed(selected):
+            ctx.report(f"stop {node.name}: {backend.stop_node(node, timeout, time.monotonic, time.sleep)}")
 
 
 @click.command()
 @click.argument("nodes", nargs=-1, metavar="[NODE]...", shell_complete=complete_nodes)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the started nodes are ready.")
+@wait_timeout_option
 @pass_ctx
-def start(ctx: Context, nodes: tuple[str, ...]) -> None:
-    """Start the lab's stopped nodes (or NODEs): the gateway first. Addresses are static, so
-    etcd and the certificates stay valid across stop/start and host reboots."""
+def start(ctx: Context, nodes: tuple[str, ...], wait: bool, timeout: int) -> None:
+    """Start the lab's stopped nodes (or NODEs), the gateway first, and wait until they are ready.
+
+    Addresses are static, so etcd and the certificates stay valid across stop/start and host reboots;
+    each node announces its phase again at boot."""
+    from labctl.lifecycle import start_nodes
+
     the_plan = ctx.plan()
     selected = _selected(the_plan, nodes)
     backend = ctx.backend()
-    for node in selected:
-        ctx.report(f"start {node.name}: {backend.start_node(node)}")
+    with ctx.locked(the_plan.lab, "start"):
+        offsets = start_nodes(selected, backend, lambda what, did: ctx.report(f"{what}: {did}"))
+        if wait:
+            await_ready(ctx, backend, selected, offsets, timeout)
+    if wait:
+        ctx.report(f"lab {the_plan.lab.name}: {len(selected)} nodes ready")
 
 
 @click.command()

@@ -1,15 +1,16 @@
 """up, status and destroy: the plan applied through a backend, step by step, idempotently."""
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from labctl.backends.base import Backend, BaseImage, LabObject, NodeRequest
 from labctl.drift import plan_fingerprint, unappliable_changes
 from labctl.errors import ConfigError
 from labctl.libvirt_xml import Tag
 from labctl.pki import ensure_secrets
-from labctl.plan import Plan
+from labctl.plan import NodePlan, Plan
 from labctl.seed import build_seed_iso, render_seed
 from labctl.state import LabState
 
@@ -78,14 +79,28 @@ def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_t
     for node in plan.nodes:
         tag = Tag(lab.name, lab_id, "domain", node.role, node.name)
         step(f"node {node.name}", backend.ensure_node(NodeRequest(node, tag, seeds[node.name], domain_type)))
+    return UpResult(changes, lab_id, start_nodes(plan.nodes, backend, step))
+
+
+def start_nodes(nodes: Sequence[NodePlan], backend: Backend, step: Callable[[str, str], None]) -> dict[str, int]:
+    """Start the stopped ones of ``nodes``, in order; where each console log stood before its start.
+
+    Readiness reads a started node's log from there on (the phases of this boot); a node that was
+    already running gets 0, so the last phase it printed stands."""
     offsets = {}
-    for node in plan.nodes:
-        log = backend.console_log(node)
-        before = log.stat().st_size if log is not None and log.exists() else 0
+    for node in nodes:
+        before = _size(backend.console_log(node))
         did = backend.start_node(node)
-        offsets[node.name] = before if did == "started" else 0  # a running node's last phase stands
+        offsets[node.name] = before if did == "started" else 0
         step(f"start {node.name}", did)
-    return UpResult(changes, lab_id, offsets)
+    return offsets
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:  # not written yet, or not readable here (readiness then asks over ssh)
+        return 0
 
 
 def remove_seeds(plan: Plan, backend: Backend, lab_id: str, report: Report) -> None:

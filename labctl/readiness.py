@@ -2,7 +2,8 @@
 
 Every bootstrap step prints ``labctl-phase: <node> <phase>`` to the serial console, and a failed
 one ``labctl-phase: <node> failed <step>``; the final phase is ``ready``. Reading the console log
-needs no network and has no polling delay beyond the file's.
+needs no network and has no polling delay beyond the file's. Where the log cannot be read here
+(a remote hypervisor, a root-only file), the node's recorded phase is read over ssh instead.
 """
 
 import re
@@ -11,13 +12,19 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from labctl.errors import ProvisionError
-from labctl.plan import Plan
+from labctl.plan import NodePlan
 
 PHASE_LINE = re.compile(r"labctl-phase: (?P<node>[a-z0-9-]+) (?P<phase>[a-z0-9_.-]+)(?: (?P<step>[a-z0-9_.-]+))?")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 READY = "ready"
 FAILED = "failed"
 TAIL_LINES = 30
+SSH_EVERY = 10.0  # seconds between two ssh reads of one node's phase
+
+# Run by the lab user's shell on a node: its recorded phase on the first line; after a failure, the
+# tail of cloud-init's output. Static: nothing is interpolated into it.
+REMOTE_PHASE = ('p=$(cat /var/lib/labctl/phase 2>/dev/null) || exit 0; printf "%s\\n" "$p"; '
+                'case $p in failed*) sudo tail -n 30 /var/log/cloud-init-output.log;; esac')
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class PhaseView:
 
 
 def wait_ready(
-    plan: Plan,
+    nodes: Sequence[NodePlan],
     read: ReadText,
     view: PhaseView,
     *,
@@ -122,9 +129,9 @@ def wait_ready(
     sleep: Callable[[float], None],
     interval: float = 2.0,
 ) -> Progress:
-    """Poll every node's console until all are ready; raise ProvisionError on a failure or timeout."""
+    """Poll the nodes' consoles until all are ready; raise ProvisionError on a failure or timeout."""
     start = clock()
-    progress = Progress({n.name: NodeProgress(n.name, n.role, since=start) for n in plan.nodes})
+    progress = Progress({n.name: NodeProgress(n.name, n.role, since=start) for n in nodes})
     view.show(progress, list(progress.nodes), start)
     while True:
         now = clock()
@@ -160,18 +167,44 @@ def _timeout(progress: Progress, timeout: float) -> ProvisionError:
     )
 
 
-def log_reader(paths: Mapping[str, object], offsets: Mapping[str, int]) -> ReadText:
-    """Read each node's console log from ``offsets[node]`` on (what this boot printed)."""
+def log_reader(paths: Mapping[str, object], offsets: Mapping[str, int], fallback: ReadText | None = None) -> ReadText:
+    """Read each node's console log from ``offsets[node]`` on (what this boot printed).
+
+    A node without a log path here (remote hypervisor) or whose log is not readable is asked
+    ``fallback`` instead; a log not written yet reads as nothing."""
 
     def read(name: str) -> str:
         path = paths.get(name)
         if path is None:
-            return ""
+            return fallback(name) if fallback else ""
         try:
             with open(str(path), "rb") as handle:
                 handle.seek(offsets.get(name, 0))
                 return handle.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+        except PermissionError:
+            return fallback(name) if fallback else ""
+
+    return read
+
+
+def ssh_phase_reader(run: Callable[[str], str | None], clock: Callable[[], float],
+                     every: float = SSH_EVERY) -> ReadText:
+    """Each node's recorded phase (and, after a failure, its cloud-init tail) as console-like text.
+
+    ``run(node)`` runs :data:`REMOTE_PHASE` on the node over ssh and returns its output, or None
+    while the node cannot be reached. A node is asked at most once every ``every`` seconds."""
+    last: dict[str, tuple[float, str]] = {}
+
+    def read(name: str) -> str:
+        now = clock()
+        if name in last and now - last[name][0] < every:
+            return last[name][1]
+        out = run(name) or ""
+        phase, _, tail = out.partition("\n")
+        text = f"{tail.rstrip()}\nlabctl-phase: {name} {phase.strip()}\n" if phase.strip() else ""
+        last[name] = (now, text)
+        return text
 
     return read

@@ -153,6 +153,7 @@ class FakeBackend:
     def __init__(self, console_dir=None):
         self.calls = []
         self.console_dir = console_dir
+        self.boots = True
 
     def console_log(self, node):
         return self.console_dir / f"{node.domain_name}.console.log" if self.console_dir else None
@@ -163,6 +164,9 @@ class FakeBackend:
 
     def start_node(self, node):
         self.calls.append(("start", node.name))
+        if self.console_dir and self.boots:  # the node boots and announces its phase again
+            with (self.console_dir / f"{node.domain_name}.console.log").open("a") as log:
+                log.write(f"labctl-phase: {node.name} ready\n")
         return "started"
 
 
@@ -195,8 +199,44 @@ def test_stop_goes_in_reverse_boot_order_and_start_in_boot_order(capsys, backend
     assert {call[2] for call in backend.calls} == {30}
     assert "stop gateway: shut down" in err.splitlines()[-1]
     backend.calls.clear()
-    assert run(capsys, "start", "worker1", "gateway")[0] == 0
+    assert run(capsys, "start", "--no-wait", "worker1", "gateway")[0] == 0
     assert backend.calls == [("start", "gateway"), ("start", "worker1")]
+
+
+def test_start_waits_for_the_phases_of_this_boot(capsys, backend, tmp_path):
+    log = tmp_path / "k8s-worker1.console.log"
+    log.write_text("labctl-phase: worker1 ready\n")  # the previous boot's: must not count
+    backend.boots = False
+    code, _, err = run(capsys, "start", "worker1", "--timeout", "1")
+    assert code == 1 and "not ready after 1s: worker1 (booting)" in err
+    backend.boots = True
+    code, _, err = run(capsys, "start", "worker1")
+    assert code == 0 and "worker1: ready" in err and err.splitlines()[-1] == "lab k8s: 1 nodes ready"
+
+
+def test_start_of_a_remote_lab_reads_phases_over_ssh(capsys, backend, created, monkeypatch):
+    from labctl.readiness import REMOTE_PHASE
+
+    backend.console_dir = None
+    asked = []
+    monkeypatch.setattr(access, "run_output", lambda argv, timeout: asked.append(argv) or "ready\n")
+    code, _, err = run(capsys, "start", "master1", "lb1")
+    assert code == 0 and "master1: ready" in err and "lb1: ready" in err
+    assert [argv[-1] for argv in asked] == [REMOTE_PHASE, REMOTE_PHASE]
+    assert sorted(argv[-2].split("@")[0] for argv in asked) == ["lab", "lab"]
+    assert all("BatchMode=yes" in argv and "StrictHostKeyChecking=yes" in argv for argv in asked)
+
+
+@pytest.mark.parametrize("command", [["stop"], ["start", "--no-wait"]])
+def test_stop_and_start_wait_for_the_labs_lock(capsys, backend, monkeypatch, command):
+    from labctl.lock import lab_lock
+
+    fast = iter(range(0, 10_000, 1))
+    monkeypatch.setattr("labctl.clictx.time.monotonic", lambda: float(next(fast)))
+    with lab_lock(LabState.for_lab("k8s"), "up", clock=lambda: 0.0, sleep=lambda s: None):
+        code, _, err = run(capsys, *command)
+    assert code == 1 and f"lab `k8s` is busy (pid {os.getpid()}, command up)" in err
+    assert backend.calls == []
 
 
 def test_stop_unknown_node_touches_nothing(capsys, backend):

@@ -7,7 +7,15 @@ import pytest
 from labctl.config import parse_lab
 from labctl.errors import ProvisionError
 from labctl.plan import plan_lab
-from labctl.readiness import PhaseEvent, PhaseView, console_tail, log_reader, parse_phases, wait_ready
+from labctl.readiness import (
+    PhaseEvent,
+    PhaseView,
+    console_tail,
+    log_reader,
+    parse_phases,
+    ssh_phase_reader,
+    wait_ready,
+)
 
 CONSOLE = """\
 [    1.234] Linux version 6.1.0-cloud-amd64
@@ -61,7 +69,7 @@ def test_wait_until_every_node_is_ready_plain_lines():
     plan = small_plan()
     timeline = {name: [(4, f"labctl-phase: {name} prepare"), (10, f"labctl-phase: {name} ready")]
                 for name in plan.node_names}
-    progress = wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
+    progress = wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
                           clock=fake.clock, sleep=fake.sleep)
     assert progress.all_ready
     lines = out.getvalue().splitlines()
@@ -77,7 +85,7 @@ def test_failure_names_node_and_step_and_shows_the_console_tail():
                 "lb1": [(0, "labctl-phase: lb1 ready")],
                 "master1": [(2, "kubeadm: something broke"), (2, "labctl-phase: master1 failed kubeadm-init")]}
     with pytest.raises(ProvisionError) as caught:
-        wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
+        wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
                    clock=fake.clock, sleep=fake.sleep)
     message = str(caught.value)
     assert message.startswith("node master1 failed at step kubeadm-init")
@@ -90,7 +98,7 @@ def test_timeout_lists_who_is_not_ready():
     plan = small_plan()
     timeline = {"gateway": [(0, "labctl-phase: gateway ready")], "lb1": [(5, "labctl-phase: lb1 haproxy")]}
     with pytest.raises(ProvisionError, match=r"not ready after 30s: lb1 \(haproxy\), master1 \(booting\)"):
-        wait_ready(plan, scripted(timeline, fake), PhaseView(io.StringIO(), tty=False), timeout=30,
+        wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(io.StringIO(), tty=False), timeout=30,
                    clock=fake.clock, sleep=fake.sleep)
     assert fake.now - 1000.0 <= 32, "bounded"
 
@@ -99,7 +107,7 @@ def test_tty_view_redraws_a_table():
     fake, out = FakeTime(), io.StringIO()
     plan = small_plan()
     timeline = {name: [(2, f"labctl-phase: {name} ready")] for name in plan.node_names}
-    wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=True), timeout=60,
+    wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=True), timeout=60,
                clock=fake.clock, sleep=fake.sleep)
     text = out.getvalue()
     assert text.count("NODE") == 2 and "\x1b[4F\x1b[J" in text
@@ -111,7 +119,7 @@ def test_quiet_view_prints_nothing():
     fake = FakeTime()
     plan = small_plan()
     timeline = {name: [(0, f"labctl-phase: {name} ready")] for name in plan.node_names}
-    wait_ready(plan, scripted(timeline, fake), PhaseView(out, tty=False, quiet=True), timeout=5,
+    wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=False, quiet=True), timeout=5,
                clock=fake.clock, sleep=fake.sleep)
     assert out.getvalue() == ""
 
@@ -125,3 +133,53 @@ def test_log_reader_reads_from_the_offset(tmp_path):
     read = log_reader({"lb1": log, "gateway": tmp_path / "missing.log", "master1": None}, {"lb1": offset})
     assert read("lb1") == "labctl-phase: lb1 haproxy\n"
     assert read("gateway") == "" and read("master1") == ""
+
+
+def test_log_reader_asks_the_fallback_where_the_log_is_not_readable_here(tmp_path, monkeypatch):
+    asked = []
+
+    def fallback(name):
+        asked.append(name)
+        return f"labctl-phase: {name} ready\n"
+
+    root_only = tmp_path / "k8s-lb1.console.log"
+    root_only.write_text("labctl-phase: lb1 haproxy\n")
+
+    def denied(path, mode="r"):
+        raise PermissionError(13, "Permission denied", path)
+
+    read = log_reader({"lb1": root_only, "master1": None, "gateway": tmp_path / "missing.log"}, {}, fallback)
+    assert read("master1") == "labctl-phase: master1 ready\n"  # remote hypervisor: no path here
+    assert read("gateway") == ""  # not written yet: nothing to ask about
+    monkeypatch.setattr("labctl.readiness.open", denied, raising=False)
+    assert read("lb1") == "labctl-phase: lb1 ready\n"
+    assert asked == ["master1", "lb1"]
+
+
+def test_ssh_phase_reader_turns_the_recorded_phase_into_a_phase_line_and_asks_sparingly():
+    fake, answers, asked = FakeTime(), {"master1": [None, "kubeadm-init\n", "ready\n"]}, []
+
+    def run(name):
+        asked.append((name, fake.now))
+        return answers[name].pop(0)
+
+    read = ssh_phase_reader(run, fake.clock, every=10)
+    assert read("master1") == ""  # not reachable yet
+    fake.sleep(5)
+    assert read("master1") == "" and len(asked) == 1  # asked again only after 10 s
+    fake.sleep(5)
+    assert parse_phases(read("master1"), "master1") == [PhaseEvent("master1", "kubeadm-init")]
+    fake.sleep(10)
+    assert parse_phases(read("master1"), "master1") == [PhaseEvent("master1", "ready")]
+    assert [at - 1000.0 for _, at in asked] == [0, 10, 20]
+
+
+def test_a_failure_read_over_ssh_shows_the_step_and_cloud_init_tail():
+    fake = FakeTime()
+    out = "failed kubeadm-init\n[init] error: bad config\nlabctl: master1: kubeadm-init failed\n"
+    read = ssh_phase_reader(lambda name: out if name == "master1" else "ready\n", fake.clock)
+    stream = io.StringIO()
+    with pytest.raises(ProvisionError, match="node master1 failed at step kubeadm-init"):
+        wait_ready(small_plan().nodes, read, PhaseView(stream, tty=False), timeout=60,
+                   clock=fake.clock, sleep=fake.sleep)
+    assert "[init] error: bad config" in stream.getvalue()
