@@ -122,6 +122,12 @@ def test_packages_cloud_init_and_locales_are_installed(built: BuiltImage, raw: P
     assert debugfs(raw, "cat /etc/default/locale") == "LANG=C.UTF-8\n"
 
 
+def test_pre_baked_role_daemons_are_left_for_the_roles_to_start(raw: Path) -> None:
+    assert exists(raw, "/usr/lib/systemd/system/haproxy.service")
+    wants = debugfs(raw, "ls /etc/systemd/system/multi-user.target.wants")
+    assert "ssh.service" in wants and "haproxy.service" not in wants
+
+
 def test_cloud_init_is_enabled_with_the_nocloud_datasource(raw: Path) -> None:
     wants = debugfs(raw, "ls /etc/systemd/system/cloud-init.target.wants")
     assert "cloud-init-local.service" in wants and "cloud-final.service" in wants

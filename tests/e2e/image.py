@@ -40,9 +40,8 @@ SUITE = os.environ.get("LABCTL_E2E_SUITE", imagebuild.DEFAULT_SUITE)
 # python3-yaml for the kubeadm stand-in.
 PACKAGES = ("haproxy", "dnsmasq", "nftables", "keepalived", "containerd", "conntrack", "curl", "openssl",
             "python3-yaml")
-# Installing a package enables its service; on a node whose role does not use it, it must not run
-# (dnsmasq would contend with systemd-resolved for port 53). The roles enable what they use.
-SERVICES_OFF = ("dnsmasq.service", "haproxy.service", "keepalived.service", "containerd.service")
+# Installing a package enables its service; labctl's builder (images/customize.sh) disables the
+# role daemons again, and each role enables what it uses.
 STANDIN_VERSION = "1.31.0-1.1+labctl.standin"
 LIB = "usr/lib/labctl-standin"
 DEBS_IN_IMAGE = "/tmp/labctl-standin-debs"
@@ -136,7 +135,6 @@ def with_standins(run: Run, debs: Sequence[Path]) -> Run:
         # Constant text: the deb names are ours. dpkg, not apt: they are local files.
         f"--customize-hook=chroot \"$1\" dpkg -i {' '.join(names)}",
         f"--customize-hook=rm -rf \"$1\"{DEBS_IN_IMAGE}",
-        f"--customize-hook=chroot \"$1\" systemctl disable --quiet {' '.join(SERVICES_OFF)}",
     ]
 
     def wrapped(argv: Sequence[str]) -> None:
