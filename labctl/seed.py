@@ -60,9 +60,22 @@ def render_network_config(plan: Plan, node: NodePlan) -> str:
         via = _default_route(plan, node, nic.network, nat_host)
         if via:
             entry["routes"] = [{"to": "0.0.0.0/0", "via": via}]
-            entry["nameservers"] = {"addresses": [via], "search": [plan.lab.domain]}
+        nameservers = _nameservers(plan, node, nic.network, via)
+        if nameservers:
+            entry["nameservers"] = nameservers
         ethernets[name] = entry
     return dump_yaml({"version": 2, "ethernets": ethernets})
+
+
+def _nameservers(plan: Plan, node: NodePlan, network: str, via: str | None) -> dict[str, Any] | None:
+    """Lab names come from the gateway's dnsmasq, for the gateway itself too: its internal NIC names its
+    own address with the lab's domain (systemd-resolved sends the domain's names there), and its NAT NIC
+    names the NAT network's host for everything else, which also serves it before dnsmasq is installed."""
+    if node.role == "gateway" and network == "internal":
+        return {"addresses": [str(plan.gateway_address)], "search": [plan.lab.domain]}
+    if node.role == "gateway":
+        return {"addresses": [via]} if via else None
+    return {"addresses": [via], "search": [plan.lab.domain]} if via else None
 
 
 def _default_route(plan: Plan, node: NodePlan, network: str, nat_host: Any) -> str | None:

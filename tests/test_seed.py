@@ -55,6 +55,9 @@ def test_network_config_matches_nics_by_mac_and_routes_via_gateway(secrets):
     assert set(gw) == {"wan0", "lan0"}
     assert gw["wan0"]["routes"][0]["via"] == str(plan.network("nat").host_address.ip)
     assert "routes" not in gw["lan0"]
+    # Lab names from its own dnsmasq (routed there by the domain), everything else from the NAT side.
+    assert gw["lan0"]["nameservers"] == {"addresses": [str(plan.gateway_address)], "search": [plan.lab.domain]}
+    assert gw["wan0"]["nameservers"] == {"addresses": [str(plan.network("nat").host_address.ip)]}
 
 
 def test_hostile_values_stay_data(secrets):
