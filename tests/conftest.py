@@ -1,6 +1,7 @@
 """Every test gets its own XDG data and cache dirs: no test touches the user's labs or images."""
 
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -40,8 +41,11 @@ def daemon(request):
     # Short: unix socket paths are limited to 107 bytes.
     base = Path("/tmp") / f"lc-{os.getpid()}-{zlib.crc32(request.module.__name__.encode()):08x}"
     base.mkdir(exist_ok=True)
-    with PrivateLibvirtd(base) as running:
-        yield running
+    try:
+        with PrivateLibvirtd(base) as running:
+            yield running
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the daemon has stopped: its dirs, pool and logs go
 
 
 @pytest.fixture(scope="module")

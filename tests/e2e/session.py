@@ -111,6 +111,14 @@ def failure_report(lab: Lab, lines: list[tuple[float, str]]) -> str:
     return "\n".join([*(line for _, line in lines[-40:]), *tails])
 
 
+def keep_consoles_and_remove(base: Path, work: Path) -> None:
+    """After the daemon stopped: copy the serial console logs into ``work``, delete ``base``."""
+    consoles = base / "console"
+    if consoles.is_dir():
+        shutil.copytree(consoles, work / "console", dirs_exist_ok=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def boot_profile(lab: Lab, node: str, work: Path) -> list[str]:
     """Where a node's boot went (systemd and cloud-init's own accounts): printed and kept, never fatal."""
     script = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 8; "
@@ -142,6 +150,8 @@ def running_lab(work: Path) -> Iterator[E2E]:
         body = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
         entry = {"name": "labctl-e2e", "url": server.add("/labctl-e2e.qcow2", body), "sha512": image.sha512,
                  "kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
+        # Runs last (LIFO): the consoles are kept with the test's files, the rest (pool: ~600 MiB) goes.
+        stack.callback(keep_consoles_and_remove, base, work)
         with timings.measure("private libvirtd in a new network namespace"):
             daemon = PrivateLibvirtd(base)
             stack.callback(daemon.stop)

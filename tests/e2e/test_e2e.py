@@ -18,8 +18,10 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -78,8 +80,7 @@ def node_facts(e2e: E2E) -> dict[str, Any]:
 
         def probe(node: str) -> Any:
             began = time.monotonic()
-            system = "--no-system" if node == "gateway" else "--system"  # see check 3
-            facts = e2e.lab.python(node, HERE / "probe.py", str(plan.gateway_address), system, *names)
+            facts = e2e.lab.python(node, HERE / "probe.py", str(plan.gateway_address), "--system", *names)
             e2e.timings.notes.setdefault("probe_s", {})[node] = {"total": round(time.monotonic() - began, 1),
                                                                  **facts.get("took", {})}
             return facts
@@ -176,12 +177,11 @@ def test_3_every_name_resolves_from_every_node_through_the_gateway(e2e: E2E) -> 
     problems = {}
     for name, facts in node_facts(e2e).items():
         wrong = {q: a for q, a in facts["dns_via_gateway"].items() if (a or {}).get("a") != expected[q]}
-        # Through the node's own resolver too (systemd-resolved, whose server is the gateway). Not on the
-        # gateway, whose upstream is libvirt's; and not the node's own names, which /etc/hosts answers
+        # Through the node's own resolver too (systemd-resolved, whose server for the lab's domain is the
+        # gateway; on the gateway, its own dnsmasq). Not the node's own names, which /etc/hosts answers
         # (127.0.1.1: cloud-init's manage_etc_hosts) before DNS is asked.
-        if name != "gateway":
-            own = {name, plan.node(name).fqdn}
-            wrong |= {f"system:{q}": a for q, a in facts["dns_system"].items() if q not in own and a != expected[q]}
+        own = {name, plan.node(name).fqdn}
+        wrong |= {f"system:{q}": a for q, a in facts["dns_system"].items() if q not in own and a != expected[q]}
         if wrong:
             problems[name] = wrong
     assert not problems, json.dumps(problems, indent=2)
@@ -317,10 +317,122 @@ def test_6_every_console_ends_with_ready(e2e: E2E) -> None:
     e2e.timings.notes["console_phases"] = phases
 
 
-# --- 7. pinned host keys --------------------------------------------------------------------
+# --- 7. seed media gone once ready ---------------------------------------------------------
 
 
-def test_7_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
+def seed_media(e2e: E2E) -> list[str]:
+    """Every trace of the lab's seeds in libvirt: disks in the live and persistent domain XML, pool volumes."""
+    conn = libvirt.open(e2e.daemon.uri)
+    try:
+        found = []
+        for node in e2e.lab.plan.nodes:
+            domain = conn.lookupByName(node.domain_name)
+            for flags, which in ((0, "live"), (libvirt.VIR_DOMAIN_XML_INACTIVE, "persistent")):
+                for disk in ET.fromstring(domain.XMLDesc(flags)).findall("devices/disk"):
+                    source = disk.find("source")
+                    name = "" if source is None else source.get("volume") or source.get("file") or ""
+                    if name.endswith("-seed.iso"):
+                        found.append(f"{which} disk {name} of {node.name}")
+        pool = conn.storagePoolLookupByName("labctl")
+        pool.refresh(0)
+        found += [f"volume {v.name()}" for v in pool.listAllVolumes() if v.name().endswith("-seed.iso")]
+        return found
+    finally:
+        conn.close()
+
+
+def cidata_visible(e2e: E2E) -> dict[str, str]:
+    """Nodes that still see a block device labelled cidata (the NoCloud seed), with what they see."""
+    def look(node: str) -> tuple[str, str]:
+        return node, e2e.lab.ssh_ok(node, "sh", "-c", "blkid -L cidata || true").strip()
+
+    with ThreadPoolExecutor(max_workers=len(MAIN_NODES)) as pool:
+        return {node: seen for node, seen in pool.map(look, e2e.lab.plan.node_names) if seen}
+
+
+def test_7_seed_media_are_gone_once_ready_and_up_does_not_bring_them_back(e2e: E2E) -> None:
+    assert seed_media(e2e) == []
+    deadline = time.monotonic() + 60  # a live unplug completes when the guest has released the disk
+    while (seen := cidata_visible(e2e)) and time.monotonic() < deadline:
+        time.sleep(5)
+    assert seen == {}, f"nodes still see their seed: {seen}"
+    with e2e.timings.measure("labctl up on the ready lab"):
+        again = e2e.lab.labctl("up", "--timeout", "120", timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.splitlines()[-1] == f"lab {LAB}: {len(MAIN_NODES)} nodes ready (nothing changed)", again.stderr
+    assert seed_media(e2e) == []
+
+
+# --- 8. ssh-config -------------------------------------------------------------------------
+
+
+def test_8_ssh_config_blocks_work_with_plain_openssh(e2e: E2E) -> None:
+    lab = e2e.lab
+    printed = lab.labctl("ssh-config", timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    config = e2e.work / "ssh_config"
+    config.write_text(printed.stdout)
+
+    def login(node: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+        argv = ["ip", "netns", "exec", lab.netns, "ssh", "-F", str(config), "-o", "BatchMode=yes",
+                f"{LAB}-{node}", "hostname"]
+        return node, subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    with ThreadPoolExecutor(max_workers=len(MAIN_NODES)) as pool:
+        done = dict(pool.map(login, lab.plan.node_names))
+    wrong = {node: (d.returncode, d.stdout.strip(), d.stderr[-300:]) for node, d in done.items()
+             if d.returncode != 0 or d.stdout.strip() != node}
+    assert wrong == {}, wrong
+
+
+# --- 9. stop, start -------------------------------------------------------------------------
+
+
+def addresses(e2e: E2E) -> dict[str, dict[str, list[str]]]:
+    """Each node's IPv4 addresses by MAC, seen from inside over labctl ssh."""
+    def look(node: str) -> tuple[str, dict[str, list[str]]]:
+        links = json.loads(e2e.lab.ssh_ok(node, "ip", "-j", "addr", "show"))  # -4 would drop the MACs
+        return node, {link["address"]: sorted(f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                                              if a.get("family") == "inet")
+                      for link in links if link.get("address") and link["ifname"] != "lo"}
+
+    with ThreadPoolExecutor(max_workers=len(MAIN_NODES)) as pool:
+        return dict(pool.map(look, e2e.lab.plan.node_names))
+
+
+def test_9_stop_then_start_brings_the_lab_back_to_ready_with_the_same_addresses(e2e: E2E) -> None:
+    lab = e2e.lab
+    planned = {node.name: {nic.mac: str(nic.address) for nic in node.nics} for node in lab.plan.nodes}
+
+    def off_plan(seen: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        """Planned addresses not found on the NIC with the planned MAC (lb1 may hold the VIP as well)."""
+        wrong = {node: {mac: seen[node].get(mac, []) for mac, address in nics.items()
+                        if address not in seen[node].get(mac, [])} for node, nics in planned.items()}
+        return {node: macs for node, macs in wrong.items() if macs}
+
+    assert off_plan(addresses(e2e)) == {}
+    with e2e.timings.measure("labctl stop (6 nodes)"):
+        stopped = lab.labctl("stop", timeout=900)
+    assert stopped.returncode == 0, stopped.stderr
+    status = lab.labctl("status", "--output", "json", timeout=120)
+    assert [(r["name"], r["state"]) for r in json.loads(status.stdout)] == [(n, "shut off") for n in MAIN_NODES]
+    argv = [sys.executable, "-m", "labctl", "start", "--timeout", str(SMALL_UP_TIMEOUT)]
+    with e2e.timings.measure("labctl start: 6 nodes back to ready"):
+        code, lines = lab.up(SMALL_UP_TIMEOUT, e2e.work / "start.log", argv=argv)
+    e2e.timings.notes["start_phases"] = phase_timeline(lines, MAIN_NODES)
+    assert code == 0, failure_report(lab, lines)
+    last = {node: phases[-1][1] if phases else None for node, phases in e2e.timings.notes["start_phases"].items()}
+    assert last == dict.fromkeys(MAIN_NODES, "ready")
+    assert off_plan(addresses(e2e)) == {}
+    assert seed_media(e2e) == []  # a restarted domain boots from its persistent definition: no seed
+    # The apiservers came back at boot (as kubelet's static pods would), and HAProxy sees them.
+    wait_for_states(e2e, {f"master{i}": "UP" for i in (1, 2, 3)})
+
+
+# --- 10. pinned host keys --------------------------------------------------------------------
+
+
+def test_10_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
     lab = e2e.lab
     began = time.monotonic()
     assert lab.ssh_ok("master1", "hostname").strip() == "master1"
@@ -330,7 +442,7 @@ def test_7_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
     assert served == pinned, "master1 serves a host key other than the one labctl pinned"
     known = (lab.state_dir / "known_hosts").read_text()
     assert " ".join(pinned) in known
-    # Last use of master1 in this lab: give it a new host key (check 8 only destroys the lab).
+    # Last use of master1 in this lab: give it a new host key (check 11 only destroys the lab).
     lab.ssh_ok("master1", "sudo", "sh", "-c",
                "rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && "
                "ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh")
@@ -340,7 +452,7 @@ def test_7_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
         refused.stderr[-1000:]
 
 
-# --- 8. status, destroy, up again -----------------------------------------------------------
+# --- 11. status, destroy, up again -----------------------------------------------------------
 
 
 def lab_objects(e2e: E2E, lab_name: str, lab_id: str) -> list[str]:
@@ -361,7 +473,7 @@ def lab_objects(e2e: E2E, lab_name: str, lab_id: str) -> list[str]:
         conn.close()
 
 
-def test_8_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -> None:
+def test_11_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -> None:
     lab = e2e.lab
     status = lab.labctl("status", "--output", "json", timeout=120)
     assert status.returncode == 0, status.stderr
@@ -385,10 +497,10 @@ def test_8_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) ->
     assert again.returncode == 0, again.stderr
 
 
-# --- 9. sabotage ----------------------------------------------------------------------------
+# --- 12. sabotage ----------------------------------------------------------------------------
 
 
-def test_9_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
+def test_12_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
     bad = lab_for(e2e.daemon, e2e.work, SABOTAGED, lab_text(SABOTAGED, e2e.image_entry, masters=1, workers=0))
     argv = [sys.executable, "-m", "tests.e2e.sabotage", "master1", "up", "--timeout", str(SMALL_UP_TIMEOUT)]
     try:

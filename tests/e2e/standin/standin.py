@@ -9,7 +9,7 @@ the --config file's full text, the sha256 of /etc/kubernetes/pki/ca.crt and of e
 
 ``kubeadm init`` and ``kubeadm join`` with a controlPlane section make a serving certificate for
 the node's advertise address and the API name, signed by /etc/kubernetes/pki/ca.{crt,key} with
-openssl, start labctl-fake-apiserver.service (:6443, answers /readyz) and wait until it listens,
+openssl, enable and start labctl-fake-apiserver.service (:6443, answers /readyz) and wait until it listens,
 then write /etc/kubernetes/admin.conf. Every join first probes its discovery endpoint's /readyz
 (as kubeadm's discovery would fail without a live endpoint) and records who answered.
 
@@ -197,6 +197,7 @@ def run(argv: list[str]) -> None:
 def start_apiserver() -> None:
     """Start the fake API server unit and wait (bounded) until :6443 accepts connections."""
     systemctl = os.environ.get("LABCTL_STANDIN_SYSTEMCTL", "systemctl")
+    run([systemctl, "enable", UNIT])  # back at every boot, like the static pods kubelet restarts
     run([systemctl, "restart", UNIT])
     if os.environ.get("LABCTL_STANDIN_WAIT") == "0":
         return
