@@ -208,6 +208,8 @@ def run_output(argv: Sequence[str], timeout: float) -> str | None:
         return None
     except FileNotFoundError as err:
         raise LabError(f"{argv[0]} not found", f"install it ({_PACKAGES.get(argv[0], argv[0])})") from err
+    except OSError as err:
+        raise LabError(f"cannot run {argv[0]}: {err.strerror or err}") from err
     return done.stdout if done.returncode == 0 else None
 
 

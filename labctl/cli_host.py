@@ -7,8 +7,10 @@ Shell completion (commands and node names) is click's: ``eval "$(_LABCTL_COMPLET
 
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +189,14 @@ def await_ready(ctx: Context, backend: Any, nodes: Sequence[NodePlan], offsets: 
     from labctl.readiness import PhaseView, log_reader, ssh_phase_reader, wait_ready
 
     paths = {node.name: backend.console_log(node) for node in nodes}
-    fallback = ssh_phase_reader(_phase_over_ssh(ctx), time.monotonic)
     view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
-    wait_ready(nodes, log_reader(paths, offsets, fallback), view, timeout=timeout, clock=time.monotonic,
-               sleep=time.sleep)
+    pool = ThreadPoolExecutor(max_workers=min(8, len(nodes) or 1), thread_name_prefix="labctl-phase")
+    try:
+        fallback = ssh_phase_reader(_phase_over_ssh(ctx), time.monotonic, pool.submit)
+        wait_ready(nodes, log_reader(paths, offsets, fallback), view, timeout=timeout, clock=time.monotonic,
+                   sleep=time.sleep)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a read in flight ends by its own timeout
 
 
 def _phase_over_ssh(ctx: Context) -> Callable[[str], str | None]:
@@ -198,10 +204,12 @@ def _phase_over_ssh(ctx: Context) -> Callable[[str], str | None]:
     from labctl.readiness import REMOTE_PHASE
 
     route: list[tuple[Plan, LabState, bool, str | None]] = []
+    once = threading.Lock()
 
     def run(name: str) -> str | None:
-        if not route:
-            route.append(_ssh_route(ctx, None))
+        with once:  # reads run in a thread pool; the ssh files are written by the first
+            if not route:
+                route.append(_ssh_route(ctx, None))
         the_plan, state, via_gateway, hop = route[0]
         argv = access.ssh_argv(the_plan, state, name, (REMOTE_PHASE,), via_gateway=via_gateway, first_hop=hop)
         return access.run_output(argv, timeout=SSH_READ_TIMEOUT)

@@ -8,6 +8,7 @@ needs no network and has no polling delay beyond the file's. Where the log canno
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -21,10 +22,11 @@ FAILED = "failed"
 TAIL_LINES = 30
 SSH_EVERY = 10.0  # seconds between two ssh reads of one node's phase
 
-# Run by the lab user's shell on a node: its recorded phase on the first line; after a failure, the
-# tail of cloud-init's output. Static: nothing is interpolated into it.
-REMOTE_PHASE = ('p=$(cat /var/lib/labctl/phase 2>/dev/null) || exit 0; printf "%s\\n" "$p"; '
-                'case $p in failed*) sudo tail -n 30 /var/log/cloud-init-output.log;; esac')
+# Run by the lab user's shell on a node: the phase recorded during this boot (/run is emptied at
+# every boot, so an earlier boot's `ready` never counts) on the first line; after a failure, the tail
+# of cloud-init's output. Always exits 0 once the phase is read. Static: nothing is interpolated.
+REMOTE_PHASE = ('p=$(cat /run/labctl/phase 2>/dev/null) || exit 0; printf "%s\\n" "$p"; '
+                'case $p in failed*) sudo -n tail -n 30 /var/log/cloud-init-output.log 2>&1;; esac; exit 0')
 
 
 @dataclass(frozen=True)
@@ -189,22 +191,40 @@ def log_reader(paths: Mapping[str, object], offsets: Mapping[str, int], fallback
     return read
 
 
-def ssh_phase_reader(run: Callable[[str], str | None], clock: Callable[[], float],
+Submit = Callable[[Callable[[str], str | None], str], "Future[str | None]"]  # an executor's submit
+
+
+def ssh_phase_reader(run: Callable[[str], str | None], clock: Callable[[], float], submit: Submit,
                      every: float = SSH_EVERY) -> ReadText:
     """Each node's recorded phase (and, after a failure, its cloud-init tail) as console-like text.
 
     ``run(node)`` runs :data:`REMOTE_PHASE` on the node over ssh and returns its output, or None
-    while the node cannot be reached. A node is asked at most once every ``every`` seconds."""
-    last: dict[str, tuple[float, str]] = {}
+    while the node cannot be reached. It runs through ``submit`` (a thread pool's), so a slow or
+    unreachable node never holds up the waiting loop: a read returns what the node last said and
+    asks again, at most once every ``every`` seconds and never twice at once. An error ``run``
+    raises (ssh missing) is raised by the next read."""
+    said: dict[str, str] = {}
+    asked: dict[str, tuple[float, Future[str | None]]] = {}
+
+    def take(name: str, done: "Future[str | None]") -> str:
+        said[name] = _as_console(name, done.result() or "")
+        return said[name]
 
     def read(name: str) -> str:
         now = clock()
-        if name in last and now - last[name][0] < every:
-            return last[name][1]
-        out = run(name) or ""
-        phase, _, tail = out.partition("\n")
-        text = f"{tail.rstrip()}\nlabctl-phase: {name} {phase.strip()}\n" if phase.strip() else ""
-        last[name] = (now, text)
-        return text
+        if name in asked:
+            at, pending = asked[name]
+            if not pending.done():
+                return said.get(name, "")
+            take(name, pending)
+            if now - at < every:
+                return said[name]
+        asked[name] = (now, submit(run, name))
+        return take(name, asked[name][1]) if asked[name][1].done() else said.get(name, "")
 
     return read
+
+
+def _as_console(name: str, out: str) -> str:
+    phase, _, tail = out.partition("\n")
+    return f"{tail.rstrip()}\nlabctl-phase: {name} {phase.strip()}\n" if phase.strip() else ""

@@ -1,13 +1,17 @@
 """Phases from console text, the waiting loop (fake clock), and what the user sees."""
 
 import io
+import os
+import subprocess
+from concurrent.futures import Future
 
 import pytest
 
 from labctl.config import parse_lab
-from labctl.errors import ProvisionError
+from labctl.errors import LabError, ProvisionError
 from labctl.plan import plan_lab
 from labctl.readiness import (
+    REMOTE_PHASE,
     PhaseEvent,
     PhaseView,
     console_tail,
@@ -156,6 +160,16 @@ def test_log_reader_asks_the_fallback_where_the_log_is_not_readable_here(tmp_pat
     assert asked == ["master1", "lb1"]
 
 
+def at_once(fn, *args):
+    """An executor's submit that runs the call before returning its (done) future."""
+    done = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as err:  # noqa: BLE001 - handed on, as an executor does
+        done.set_exception(err)
+    return done
+
+
 def test_ssh_phase_reader_turns_the_recorded_phase_into_a_phase_line_and_asks_sparingly():
     fake, answers, asked = FakeTime(), {"master1": [None, "kubeadm-init\n", "ready\n"]}, []
 
@@ -163,7 +177,7 @@ def test_ssh_phase_reader_turns_the_recorded_phase_into_a_phase_line_and_asks_sp
         asked.append((name, fake.now))
         return answers[name].pop(0)
 
-    read = ssh_phase_reader(run, fake.clock, every=10)
+    read = ssh_phase_reader(run, fake.clock, at_once, every=10)
     assert read("master1") == ""  # not reachable yet
     fake.sleep(5)
     assert read("master1") == "" and len(asked) == 1  # asked again only after 10 s
@@ -174,12 +188,63 @@ def test_ssh_phase_reader_turns_the_recorded_phase_into_a_phase_line_and_asks_sp
     assert [at - 1000.0 for _, at in asked] == [0, 10, 20]
 
 
+def test_a_slow_ssh_read_never_holds_up_the_loop_and_is_not_doubled():
+    fake, pending, asked = FakeTime(), Future(), []
+    read = ssh_phase_reader(lambda name: None, fake.clock, lambda fn, name: asked.append(name) or pending, every=10)
+    assert read("lb1") == ""  # returns at once, the read still in flight
+    fake.sleep(30)
+    assert read("lb1") == "" and asked == ["lb1"]  # still in flight: not asked twice
+    pending.set_result("ready\n")
+    assert parse_phases(read("lb1"), "lb1") == [PhaseEvent("lb1", "ready")]
+
+
+def test_an_error_of_the_ssh_read_reaches_the_user():
+    def run(name):
+        raise LabError("ssh not found", "install it (openssh-client)")
+
+    with pytest.raises(LabError, match="ssh not found"):
+        ssh_phase_reader(run, FakeTime().clock, at_once)("lb1")
+
+
 def test_a_failure_read_over_ssh_shows_the_step_and_cloud_init_tail():
     fake = FakeTime()
     out = "failed kubeadm-init\n[init] error: bad config\nlabctl: master1: kubeadm-init failed\n"
-    read = ssh_phase_reader(lambda name: out if name == "master1" else "ready\n", fake.clock)
+    read = ssh_phase_reader(lambda name: out if name == "master1" else "ready\n", fake.clock, at_once)
     stream = io.StringIO()
     with pytest.raises(ProvisionError, match="node master1 failed at step kubeadm-init"):
         wait_ready(small_plan().nodes, read, PhaseView(stream, tty=False), timeout=60,
                    clock=fake.clock, sleep=fake.sleep)
     assert "[init] error: bad config" in stream.getvalue()
+
+
+@pytest.fixture
+def node_shell(tmp_path):
+    """REMOTE_PHASE in a real bash, its two paths moved into tmp_path and sudo a pass-through stub."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
+    (bin_dir / "sudo").chmod(0o755)
+    phase, log = tmp_path / "run" / "phase", tmp_path / "cloud-init-output.log"
+    assert REMOTE_PHASE.count("/run/labctl/phase") == REMOTE_PHASE.count("/var/log/cloud-init-output.log") == 1
+    command = REMOTE_PHASE.replace("/run/labctl/phase", str(phase)).replace("/var/log/cloud-init-output.log", str(log))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def run():
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=30)
+        return done.returncode, done.stdout
+
+    return phase, log, run
+
+
+def test_remote_phase_query_in_a_real_shell(node_shell):
+    phase, log, run = node_shell
+    assert run() == (0, "")  # this boot has recorded nothing yet
+    phase.parent.mkdir()
+    phase.write_text("kubeadm-init\n")
+    assert run() == (0, "kubeadm-init\n")
+    phase.write_text("failed kubeadm-init\n")
+    code, out = run()  # cloud-init's log is missing: the failure still comes through, exit 0
+    assert code == 0 and out.startswith("failed kubeadm-init\n") and "No such file" in out
+    log.write_text("".join(f"line {i}\n" for i in range(50)))
+    code, out = run()
+    assert code == 0 and out.splitlines() == ["failed kubeadm-init", *(f"line {i}" for i in range(20, 50))]

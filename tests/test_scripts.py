@@ -50,7 +50,8 @@ class Sandbox:
         self.env = root / "lab.env"
         # The real env file of the node, then the test's overrides (later assignments win).
         self.env.write_text(render_lab_env(plan, plan.node(node)))
-        self.set(LABCTL_STATE_DIR=self.state, LABCTL_CONSOLE=self.console)
+        self.run_dir = root / "run"
+        self.set(LABCTL_STATE_DIR=self.state, LABCTL_RUN_DIR=self.run_dir, LABCTL_CONSOLE=self.console)
 
     def set(self, **values: object) -> None:
         with self.env.open("a") as env:
@@ -86,7 +87,10 @@ class Sandbox:
         return self.console.read_text().splitlines()
 
     def phase(self) -> str:
-        return (self.state / "phase").read_text()
+        """The recorded phase; this boot's copy in the run dir always says the same."""
+        recorded = (self.state / "phase").read_text()
+        assert (self.run_dir / "phase").read_text() == recorded
+        return recorded
 
 
 @pytest.fixture
@@ -278,15 +282,17 @@ def test_a_failed_kubeadm_fails_its_phase(box):
 def test_announce_repeats_the_recorded_phase_on_the_console(tmp_path):
     """labctl-phase.service runs `announce` at every boot: it reports the phase, runs no step."""
     scripts = Path(str(data_file("cloud-init", "scripts")))
-    state, console = tmp_path / "state", tmp_path / "console"
+    state, run, console = tmp_path / "state", tmp_path / "run", tmp_path / "console"
     state.mkdir()
     console.write_text("")
     env = tmp_path / "lab.env"
-    env.write_text(f"NODE=master2\nLABCTL_STATE_DIR={state}\nLABCTL_CONSOLE={console}\n")
+    env.write_text(f"NODE=master2\nLABCTL_STATE_DIR={state}\nLABCTL_RUN_DIR={run}\nLABCTL_CONSOLE={console}\n")
     quiet = subprocess.run(["sh", str(scripts / "announce"), str(env)], capture_output=True, text=True, timeout=30)
     assert quiet.returncode == 0 and console.read_text() == "", "nothing recorded, nothing announced"
+    assert not (run / "phase").exists()
     (state / "phase").write_text("ready\n")
     done = subprocess.run(["sh", str(scripts / "announce"), str(env)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert console.read_text() == "labctl-phase: master2 ready\n"
     assert done.stdout == "labctl-phase: master2 ready\n"
+    assert (run / "phase").read_text() == "ready\n"  # this boot's phase, what the host reads over ssh

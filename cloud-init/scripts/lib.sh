@@ -2,7 +2,8 @@
 # labctl bootstrap library: phase reporting, failures, bounded waits, package installs.
 # Sourced by `bootstrap` after the env file; every parameter comes from that file.
 #
-#   phase NAME         record NAME in $LABCTL_STATE_DIR/phase, print `labctl-phase: NODE NAME`
+#   phase NAME         record NAME in $LABCTL_STATE_DIR/phase (and this boot's $LABCTL_RUN_DIR/phase),
+#                      print `labctl-phase: NODE NAME`
 #   fail STEP MESSAGE  record `failed STEP`, print `labctl-phase: NODE failed STEP`, exit 1
 #   must STEP CMD...   run CMD; fail STEP naming CMD if it fails
 #   wait_for TRIES DELAY CMD...  run CMD until it succeeds, at most TRIES times, DELAY s apart
@@ -10,6 +11,7 @@
 
 : "${NODE:?NODE is missing from the env file}"
 LABCTL_STATE_DIR=${LABCTL_STATE_DIR:-/var/lib/labctl}
+LABCTL_RUN_DIR=${LABCTL_RUN_DIR:-/run/labctl}
 LABCTL_CONSOLE=${LABCTL_CONSOLE:-/dev/ttyS0}
 LABCTL_PHASE=start
 LABCTL_FAILED=
@@ -28,6 +30,14 @@ record_phase() {
     mkdir -p "$LABCTL_STATE_DIR"
     printf '%s\n' "$1" >"$LABCTL_STATE_DIR/phase.tmp"
     mv -f "$LABCTL_STATE_DIR/phase.tmp" "$LABCTL_STATE_DIR/phase"
+    record_boot_phase "$1"
+}
+
+# record_boot_phase PHASE: the phase as of this boot, in /run (empty at every boot until the bootstrap
+# or the boot-time announcer writes it). The host reads this one over ssh where it cannot read the
+# console, so a phase left by an earlier boot never counts.
+record_boot_phase() {
+    { mkdir -p "$LABCTL_RUN_DIR" && printf '%s\n' "$1" >"$LABCTL_RUN_DIR/phase"; } 2>/dev/null || true
 }
 
 phase() {
