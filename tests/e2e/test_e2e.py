@@ -429,10 +429,30 @@ def test_9_stop_then_start_brings_the_lab_back_to_ready_with_the_same_addresses(
     wait_for_states(e2e, {f"master{i}": "UP" for i in (1, 2, 3)})
 
 
-# --- 10. pinned host keys --------------------------------------------------------------------
+# --- 10. a remote hypervisor: phases over ssh ------------------------------------------------
 
 
-def test_10_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
+def test_10_through_a_remote_uri_start_reads_the_phase_of_this_boot_over_ssh(e2e: E2E) -> None:
+    """``--connect qemu+tcp://…`` is a remote hypervisor to labctl: no console log to read, so it waits
+    on the phase each node recorded during this boot, over ssh through the gateway (inside the namespace)."""
+    lab = e2e.lab
+    stopped = lab.labctl("stop", "worker1", timeout=300)
+    assert stopped.returncode == 0, stopped.stderr
+    argv = ["ip", "netns", "exec", lab.netns, sys.executable, "-m", "labctl", "--connect", e2e.daemon.tcp_uri,
+            "start", "worker1", "--timeout", str(SMALL_UP_TIMEOUT)]
+    with e2e.timings.measure("labctl start worker1 through a remote URI"):
+        code, lines = lab.up(SMALL_UP_TIMEOUT, e2e.work / "start-remote.log", argv=argv)
+    output = [line for _, line in lines]
+    assert code == 0, "\n".join(output[-40:])
+    assert "start worker1: started" in output and "worker1: ready" in output, output
+    assert output.index("worker1: booting") < output.index("worker1: ready"), output
+    assert lab.ssh_ok("worker1", "cat", "/run/labctl/phase") == "ready\n"
+
+
+# --- 11. pinned host keys --------------------------------------------------------------------
+
+
+def test_11_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
     lab = e2e.lab
     began = time.monotonic()
     assert lab.ssh_ok("master1", "hostname").strip() == "master1"
@@ -442,7 +462,7 @@ def test_10_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
     assert served == pinned, "master1 serves a host key other than the one labctl pinned"
     known = (lab.state_dir / "known_hosts").read_text()
     assert " ".join(pinned) in known
-    # Last use of master1 in this lab: give it a new host key (check 11 only destroys the lab).
+    # Last use of master1 in this lab: give it a new host key (check 12 only destroys the lab).
     lab.ssh_ok("master1", "sudo", "sh", "-c",
                "rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && "
                "ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh")
@@ -452,7 +472,7 @@ def test_10_ssh_pins_host_keys_and_refuses_a_changed_one(e2e: E2E) -> None:
         refused.stderr[-1000:]
 
 
-# --- 11. status, destroy, up again -----------------------------------------------------------
+# --- 12. status, destroy, up again -----------------------------------------------------------
 
 
 def lab_objects(e2e: E2E, lab_name: str, lab_id: str) -> list[str]:
@@ -473,7 +493,7 @@ def lab_objects(e2e: E2E, lab_name: str, lab_id: str) -> list[str]:
         conn.close()
 
 
-def test_11_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -> None:
+def test_12_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -> None:
     lab = e2e.lab
     status = lab.labctl("status", "--output", "json", timeout=120)
     assert status.returncode == 0, status.stderr
@@ -497,10 +517,10 @@ def test_11_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -
     assert again.returncode == 0, again.stderr
 
 
-# --- 12. sabotage ----------------------------------------------------------------------------
+# --- 13. sabotage ----------------------------------------------------------------------------
 
 
-def test_12_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
+def test_13_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
     bad = lab_for(e2e.daemon, e2e.work, SABOTAGED, lab_text(SABOTAGED, e2e.image_entry, masters=1, workers=0))
     argv = [sys.executable, "-m", "tests.e2e.sabotage", "master1", "up", "--timeout", str(SMALL_UP_TIMEOUT)]
     try:

@@ -50,6 +50,10 @@ QEMU_ACCOUNT = "libvirt-qemu"
 QEMU_ACCOUNT_ID = 64055  # Debian's usual id for it; unused, only resolved
 
 ConfValue = str | int | Sequence[str]
+# libvirtd also listens on TCP, on the namespace's own loopback only: a URI with a host part is what
+# labctl treats as a remote hypervisor (no console log to read: phases over ssh), reachable only
+# from inside the namespace.
+TCP_PORT = 16509
 
 
 class HarnessError(RuntimeError):
@@ -147,6 +151,11 @@ def daemon_configs(layout: Layout) -> dict[Path, str]:
         "unix_sock_admin_perms": "0700",
         "auth_unix_rw": "none",
         "auth_unix_ro": "none",
+        "listen_tls": 0,
+        "listen_tcp": 1,
+        "listen_addr": "127.0.0.1",
+        "tcp_port": str(TCP_PORT),
+        "auth_tcp": "none",
         "log_outputs": f"3:file:{layout.log_dir / 'libvirtd.log'}",
     }
     virtlogd = {"log_outputs": f"3:file:{layout.log_dir / 'virtlogd.log'}"}
@@ -250,6 +259,7 @@ class PrivateLibvirtd:
         self.netns = f"labctl-t-{secrets.token_hex(4)}"
         self.layout = Layout(self.base_dir)
         self.uri = f"qemu+unix:///system?socket={self.layout.socket}"
+        self.tcp_uri = f"qemu+tcp://127.0.0.1:{TCP_PORT}/system"  # from inside the namespace only
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._pids: set[int] = set()

@@ -79,7 +79,8 @@ main() {
     mount --bind "$GROUP_FILE" /etc/group
     # Both fork into the background and return once initialised.
     virtlogd --daemon --config "$VIRTLOGD_CONF" --pid-file "$VIRTLOGD_PID"
-    libvirtd --daemon --config "$LIBVIRTD_CONF" --pid-file "$LIBVIRTD_PID"
+    # --listen: also TCP on the namespace's 127.0.0.1 (libvirtd.conf), as a remote hypervisor would.
+    libvirtd --daemon --listen --config "$LIBVIRTD_CONF" --pid-file "$LIBVIRTD_PID"
 }
 
 main "$@"

@@ -104,6 +104,8 @@ def test_private_libvirtd_runs_a_lab_and_cleans_up(tmp_path: Path) -> None:
             assert (tmp_path / "console.log").exists()
         finally:
             conn.close()
+        listed = daemon.run_in_netns(["virsh", "-c", daemon.tcp_uri, "list", "--name"], timeout=30)
+        assert listed.stdout.split() == [domain.name()]  # TCP, inside the namespace only
         inside = link_names(daemon.run_in_netns(["ip", "-o", "link"], timeout=10).stdout)
         assert {NAT_BRIDGE, ISOLATED_BRIDGE} <= inside
         assert NAT_BRIDGE not in host_links()
