@@ -189,14 +189,18 @@ def exec_argv(argv: Sequence[str], execvp: Exec | None = None) -> NoReturn:
     sys.stderr.flush()
     try:
         (execvp or os.execvp)(argv[0], list(argv))
-    except FileNotFoundError as err:
-        raise LabError(f"{argv[0]} not found", f"install it ({_PACKAGES.get(argv[0], argv[0])})") from err
     except OSError as err:
-        raise LabError(f"cannot run {argv[0]}: {err.strerror or err}") from err
+        raise _cannot_run(argv[0], err) from err
     raise SystemExit(0)  # only an injected execvp returns
 
 
 _PACKAGES = {"ssh": "openssh-client", "virsh": "libvirt-clients"}
+
+
+def _cannot_run(program: str, err: OSError) -> LabError:
+    if isinstance(err, FileNotFoundError):
+        return LabError(f"{program} not found", f"install it ({_PACKAGES.get(program, program)})")
+    return LabError(f"cannot run {program}: {err.strerror or err}")
 
 
 def run_output(argv: Sequence[str], timeout: float) -> str | None:
@@ -206,10 +210,8 @@ def run_output(argv: Sequence[str], timeout: float) -> str | None:
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         return None
-    except FileNotFoundError as err:
-        raise LabError(f"{argv[0]} not found", f"install it ({_PACKAGES.get(argv[0], argv[0])})") from err
     except OSError as err:
-        raise LabError(f"cannot run {argv[0]}: {err.strerror or err}") from err
+        raise _cannot_run(argv[0], err) from err
     return done.stdout if done.returncode == 0 else None
 
 

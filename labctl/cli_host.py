@@ -256,10 +256,10 @@ def start(ctx: Context, nodes: tuple[str, ...], wait: bool, timeout: int) -> Non
     backend = ctx.backend()
     with ctx.locked(the_plan.lab, "start"):
         offsets = start_nodes(selected, backend, lambda what, did: ctx.report(f"{what}: {did}"))
-        if wait:
-            await_ready(ctx, backend, selected, offsets, timeout)
-    if wait:
-        ctx.report(f"lab {the_plan.lab.name}: {len(selected)} nodes ready")
+        if not wait:
+            return
+        await_ready(ctx, backend, selected, offsets, timeout)
+    ctx.report(f"lab {the_plan.lab.name}: {len(selected)} nodes ready")
 
 
 @click.command()
