@@ -14,8 +14,6 @@ hook code here and labctl's builder, apt-source and customize code.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -23,12 +21,12 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from labctl import imagebuild
 from labctl.imagebuild import BuiltImage, build_image, file_sha512, read_manifest
+from labctl.lock import host_lock
 
 HERE = Path(__file__).resolve().parent
 STANDIN = HERE / "standin"
@@ -43,6 +41,7 @@ PACKAGES = ("haproxy", "dnsmasq", "nftables", "keepalived", "containerd", "connt
 # Installing a package enables its service; labctl's builder (images/customize.sh) disables the
 # role daemons again, and each role enables what it uses.
 STANDIN_VERSION = "1.31.0-1.1+labctl.standin"
+BUILD_LOCK_TIMEOUT = 3600.0  # seconds to wait for another run building the same image
 LIB = "usr/lib/labctl-standin"
 DEBS_IN_IMAGE = "/tmp/labctl-standin-debs"
 BUILD_INPUTS = (
@@ -150,17 +149,6 @@ def with_standins(run: Run, debs: Sequence[Path]) -> Run:
 # --- build, cache -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached_image(directory: Path) -> BuiltImage | None:
     manifest = directory / f"{IMAGE_NAME}.json"
     if not manifest.is_file():
@@ -170,22 +158,21 @@ def cached_image(directory: Path) -> BuiltImage | None:
     return built if ok else None
 
 
-def e2e_image(log: Log = print, run: Run = imagebuild.run_command) -> tuple[BuiltImage, float, bool]:
-    """The cached test image, built first if needed: (image, seconds spent, whether it was built)."""
-    started = time.monotonic()
+def e2e_image(log: Log = print, run: Run = imagebuild.run_command) -> tuple[BuiltImage, bool]:
+    """The cached test image, built first if needed: (image, whether it was built)."""
     root = cache_dir()
     key = cache_key()
     directory = root / f"{IMAGE_NAME}-{SUITE}-{key}"
-    with _locked(root / ".lock"):
+    with host_lock(root / ".lock", timeout=BUILD_LOCK_TIMEOUT):  # another run may be building it
         image = cached_image(directory)
         if image is not None:
-            return image, time.monotonic() - started, False
+            return image, False
         log(f"e2e image: building {directory.name} (suite {SUITE}, + {', '.join(PACKAGES)})")
         _remove_stale(root, keep=directory)
         with tempfile.TemporaryDirectory(prefix="debs-", dir=root) as debs_dir:
             debs = build_debs(Path(debs_dir))
             image = build_image(IMAGE_NAME, directory, None, SUITE, PACKAGES, with_standins(run, debs), log=log)
-    return image, time.monotonic() - started, True
+    return image, True
 
 
 def _remove_stale(root: Path, keep: Path) -> None:

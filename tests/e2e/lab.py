@@ -15,10 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -27,6 +29,7 @@ from labctl.plan import Plan, plan_lab
 from labctl.readiness import parse_phases
 
 HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
 SSH_TIMEOUT = 180.0
 
 
@@ -90,7 +93,7 @@ class Lab:
     console_dir: Path
     data_home: Path
 
-    @property
+    @cached_property
     def plan(self) -> Plan:
         return plan_of(self.config.read_text())
 
@@ -123,6 +126,13 @@ class Lab:
                    shlex.join(argv)]
         return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout,
                               input=stdin if stdin is not None else "")
+
+    def each_node(self, call: Callable[[str], T]) -> dict[str, T]:
+        """``call(node)`` for every node at once (each is bound by its own VM's CPU under TCG, not by the
+        host's), by node name in boot order."""
+        names = self.plan.node_names
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            return dict(zip(names, pool.map(call, names), strict=True))
 
     def ssh_ok(self, node: str, *argv: str, stdin: str | None = None, timeout: float = SSH_TIMEOUT) -> str:
         done = self.ssh(node, *argv, stdin=stdin, timeout=timeout)

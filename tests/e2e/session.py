@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labctl.readiness import console_tail
 from tests.e2e.image import e2e_image
 from tests.e2e.lab import Lab, NetnsServer, Timings, lab_yaml, phase_timeline, plan_of
 from tests.harness.libvirtd import PrivateLibvirtd, can_run
 from tests.httpserver import HTTPTestServer
+from tests.labenv import lab_env
 
 HERE = Path(__file__).resolve().parent
 TIMINGS_REPORT = HERE.parent.parent / "build" / "e2e-timings.json"
@@ -67,19 +69,10 @@ class E2E:
 def lab_for(daemon: PrivateLibvirtd, work: Path, name: str, text: str) -> Lab:
     config = work / f"{name}.yaml"
     config.write_text(text)
-    data_home = work / "data"
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(data_home),
-        "XDG_CACHE_HOME": str(work / "cache"),
-        "LABCTL_POOL_DIR": str(daemon.base_dir / "pool"),
-        "LABCTL_CONSOLE_DIR": str(daemon.base_dir / "console"),
-        "LABCTL_CONFIG": str(config),
-        "LIBVIRT_DEFAULT_URI": daemon.uri,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent.parent), os.environ.get("PYTHONPATH")])),
-    }
+    env = lab_env(daemon, work, config)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent.parent), os.environ.get("PYTHONPATH")]))
     env.pop("LABCTL_NAME", None)
-    return Lab(config, env, daemon.netns, daemon.base_dir / "console", data_home)
+    return Lab(config, env, daemon.netns, daemon.base_dir / "console", Path(env["XDG_DATA_HOME"]))
 
 
 def cni_for(text: str) -> tuple[str, str]:
@@ -96,9 +89,12 @@ def lab_text(name: str, image: dict[str, str], masters: int, workers: int) -> st
 
 def destroy_lab(lab: Lab) -> None:
     """Teardown: `labctl destroy --yes`, bounded; never raises (the daemon's stop comes next)."""
-    with contextlib.suppress(Exception):
+    try:
         done = lab.labctl("destroy", "--yes", timeout=300)
-        print(f"[e2e] teardown: destroy {lab.name}: exit {done.returncode} {done.stderr.strip()[-300:]}", flush=True)
+    except (subprocess.TimeoutExpired, OSError) as err:
+        print(f"[e2e] teardown: destroy {lab.name}: {err}", flush=True)
+        return
+    print(f"[e2e] teardown: destroy {lab.name}: exit {done.returncode} {done.stderr.strip()[-300:]}", flush=True)
 
 
 def failure_report(lab: Lab, lines: list[tuple[float, str]]) -> str:
@@ -106,8 +102,8 @@ def failure_report(lab: Lab, lines: list[tuple[float, str]]) -> str:
     for node in lab.plan.node_names:
         phases = lab.phases(node)
         if not phases or phases[-1] != "ready":
-            text = lab.console(node).replace("\r", "")
-            tails.append(f"--- {node} phases {phases}; console tail:\n" + "\n".join(text.splitlines()[-40:]))
+            tail = "\n".join(console_tail(lab.console(node), 40))
+            tails.append(f"--- {node} phases {phases}; console tail:\n{tail}")
     return "\n".join([*(line for _, line in lines[-40:]), *tails])
 
 
@@ -143,7 +139,7 @@ def running_lab(work: Path) -> Iterator[E2E]:
     stack = contextlib.ExitStack()
     try:
         with timings.measure("image: build or take from cache"):
-            image, _, built = e2e_image(log=lambda line: print(f"[e2e image] {line}", flush=True))
+            image, built = e2e_image(log=lambda line: print(f"[e2e image] {line}", flush=True))
         timings.notes["image"] = {"built": built, "path": str(image.path), "bytes": image.path.stat().st_size}
         server = stack.enter_context(HTTPTestServer())
         handle = stack.enter_context(image.path.open("rb"))

@@ -23,7 +23,6 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import libvirt
@@ -32,6 +31,7 @@ import yaml
 
 from labctl.libvirt_xml import read_tag
 from labctl.pki_x509 import ca_cert_hash
+from labctl.roleconf import NIC_NAMES, STATS_PORT
 from tests.e2e.lab import Lab, phase_timeline
 from tests.e2e.session import (
     CA_FILES,
@@ -85,9 +85,7 @@ def node_facts(e2e: E2E) -> dict[str, Any]:
                                                                  **facts.get("took", {})}
             return facts
 
-        # In parallel: each probe is bound by its own VM's CPU (TCG), not by the host.
-        with ThreadPoolExecutor(max_workers=len(plan.nodes)) as pool:
-            e2e.facts.update(zip(plan.node_names, pool.map(probe, plan.node_names), strict=True))
+        e2e.facts.update(e2e.lab.each_node(probe))
     return e2e.facts
 
 
@@ -113,15 +111,14 @@ def network_problems(e2e: E2E, node_name: str, facts: dict[str, Any]) -> list[st
     node = plan.node(node_name)
     problems = []
     links = {link.get("address"): link for link in facts["links"] or []}
-    nic_names = {"nat": "wan0", "internal": "lan0"}
     for nic in node.nics:
         link = links.get(nic.mac)
         if link is None:
             problems.append(f"no NIC with MAC {nic.mac}")
             continue
         addresses = {(a["local"], a["prefixlen"]) for a in link.get("addr_info", []) if a.get("family") == "inet"}
-        if link["ifname"] != nic_names[nic.network]:
-            problems.append(f"MAC {nic.mac} is {link['ifname']}, not {nic_names[nic.network]}")
+        if link["ifname"] != NIC_NAMES[nic.network]:
+            problems.append(f"MAC {nic.mac} is {link['ifname']}, not {NIC_NAMES[nic.network]}")
         if (str(nic.address.ip), nic.address.network.prefixlen) not in addresses:
             problems.append(f"{link['ifname']} has {sorted(addresses)}, not {nic.address}")
     nat_host = plan.network("nat").host_address
@@ -196,7 +193,7 @@ def haproxy_states(e2e: E2E) -> dict[str, str]:
     lb = lab.plan.node("lb1")
     password = (lab.pki_dir / "haproxy-stats").read_text().strip()
     text = lab.ssh_ok("lb1", "curl", "-sS", "--max-time", "10", "-u", f"admin:{password}",
-                      f"http://{lb.internal.address.ip}:8404/;csv")
+                      f"http://{lb.internal.address.ip}:{STATS_PORT}/;csv")
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
     return {row["svname"]: row["status"] for row in rows if row["pxname"] == "kube-apiserver"
             and row["svname"].startswith("master")}
@@ -230,8 +227,9 @@ def test_4_haproxy_marks_a_master_down_when_its_apiserver_stops(e2e: E2E) -> Non
 # --- 5. what kubeadm, kubectl and kubelet were asked to do ----------------------------------
 
 
-def calls_of(e2e: E2E, node: str, tool: str, command: str | None = None) -> list[dict[str, Any]]:
-    calls = e2e.lab.jsonl(node, f"{STANDIN_DIR}/calls.jsonl")
+def calls_of(lab: Lab, node: str, tool: str, command: str | None = None) -> list[dict[str, Any]]:
+    """What the stand-in recorded of ``tool`` (and ``command``) on ``node``."""
+    calls = lab.jsonl(node, f"{STANDIN_DIR}/calls.jsonl")
     return [c for c in calls if c["tool"] == tool and (command is None or c["argv"][:1] == [command])]
 
 
@@ -259,7 +257,7 @@ def test_5_standins_show_init_then_ordered_joins_with_the_hosts_token_and_ca_has
     ip = {node.name: str(node.internal.address.ip) for node in plan.nodes}
     spec = plan.lab.kubernetes
 
-    [init] = calls_of(e2e, "master1", "kubeadm", "init")
+    [init] = calls_of(lab, "master1", "kubeadm", "init")
     assert init["argv"] == ["init", "--config", "/etc/labctl/kubeadm.yaml"] and init["exit"] == 0, init
     docs = config_docs(init)
     assert docs["ClusterConfiguration"]["controlPlaneEndpoint"] == f"{plan.api_name}:6443"
@@ -268,14 +266,14 @@ def test_5_standins_show_init_then_ordered_joins_with_the_hosts_token_and_ca_has
     assert [t["token"] for t in docs["InitConfiguration"]["bootstrapTokens"]] == [token]
     assert docs["InitConfiguration"]["localAPIEndpoint"]["advertiseAddress"] == ip["master1"]
     assert node_ip_of(docs["InitConfiguration"]) == ip["master1"]
-    [applied] = calls_of(e2e, "master1", "kubectl")
+    [applied] = calls_of(lab, "master1", "kubectl")
     assert applied["manifest_sha256"] == e2e.cni[1] and "labctl-e2e" in applied["manifest_text"], applied
 
     joins, apiservers = {}, {}
     for node in ("master1", "master2", "master3"):
         apiservers[node] = lab.jsonl(node, f"{STANDIN_DIR}/apiserver.jsonl")
     for node in ("master2", "master3", "worker1"):
-        [joins[node]] = calls_of(e2e, node, "kubeadm", "join")
+        [joins[node]] = calls_of(lab, node, "kubeadm", "join")
         call = joins[node]
         assert call["argv"] == ["join", "--config", "/etc/labctl/kubeadm.yaml"] and call["exit"] == 0, call
         join = config_docs(call)["JoinConfiguration"]
@@ -283,7 +281,7 @@ def test_5_standins_show_init_then_ordered_joins_with_the_hosts_token_and_ca_has
         assert discovery["token"] == token and discovery["caCertHashes"] == [ca_hash], discovery
         assert discovery["apiServerEndpoint"] == f"{plan.api_name}:6443"
         assert node_ip_of(join) == ip[node]
-        assert call["probe"]["status"] == 200, call["probe"]
+        assert (call["probe"]["body"], call["probe"]["ca_hash"]) == ("ok", ca_hash), call["probe"]
         if node.startswith("master"):
             assert join["controlPlane"]["localAPIEndpoint"]["advertiseAddress"] == ip[node], join
         else:
@@ -343,11 +341,8 @@ def seed_media(e2e: E2E) -> list[str]:
 
 def cidata_visible(e2e: E2E) -> dict[str, str]:
     """Nodes that still see a block device labelled cidata (the NoCloud seed), with what they see."""
-    def look(node: str) -> tuple[str, str]:
-        return node, e2e.lab.ssh_ok(node, "sh", "-c", "blkid -L cidata || true").strip()
-
-    with ThreadPoolExecutor(max_workers=len(MAIN_NODES)) as pool:
-        return {node: seen for node, seen in pool.map(look, e2e.lab.plan.node_names) if seen}
+    seen = e2e.lab.each_node(lambda node: e2e.lab.ssh_ok(node, "sh", "-c", "blkid -L cidata || true").strip())
+    return {node: what for node, what in seen.items() if what}
 
 
 def test_7_seed_media_are_gone_once_ready_and_up_does_not_bring_them_back(e2e: E2E) -> None:
@@ -373,13 +368,11 @@ def test_8_ssh_config_blocks_work_with_plain_openssh(e2e: E2E) -> None:
     config = e2e.work / "ssh_config"
     config.write_text(printed.stdout)
 
-    def login(node: str) -> tuple[str, subprocess.CompletedProcess[str]]:
-        argv = ["ip", "netns", "exec", lab.netns, "ssh", "-F", str(config), "-o", "BatchMode=yes",
-                f"{LAB}-{node}", "hostname"]
-        return node, subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    def login(node: str) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", f"{LAB}-{node}", "hostname"]
+        return e2e.daemon.run_in_netns(argv, timeout=120, check=False)
 
-    with ThreadPoolExecutor(max_workers=len(MAIN_NODES)) as pool:
-        done = dict(pool.map(login, lab.plan.node_names))
+    done = lab.each_node(login)
     wrong = {node: (d.returncode, d.stdout.strip(), d.stderr[-300:]) for node, d in done.items()
              if d.returncode != 0 or d.stdout.strip() != node}
     assert wrong == {}, wrong
@@ -390,14 +383,13 @@ def test_8_ssh_config_blocks_work_with_plain_openssh(e2e: E2E) -> None:
 
 def addresses(e2e: E2E) -> dict[str, dict[str, list[str]]]:
     """Each node's IPv4 addresses by MAC, seen from inside over labctl ssh."""
-    def look(node: str) -> tuple[str, dict[str, list[str]]]:
+    def look(node: str) -> dict[str, list[str]]:
         links = json.loads(e2e.lab.ssh_ok(node, "ip", "-j", "addr", "show"))  # -4 would drop the MACs
-        return node, {link["address"]: sorted(f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
-                                              if a.get("family") == "inet")
-                      for link in links if link.get("address") and link["ifname"] != "lo"}
+        return {link["address"]: sorted(f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                                        if a.get("family") == "inet")
+                for link in links if link.get("address") and link["ifname"] != "lo"}
 
-    with ThreadPoolExecutor(max_workers=len(MAIN_NODES)) as pool:
-        return dict(pool.map(look, e2e.lab.plan.node_names))
+    return e2e.lab.each_node(look)
 
 
 def test_9_stop_then_start_brings_the_lab_back_to_ready_with_the_same_addresses(e2e: E2E) -> None:
@@ -530,11 +522,7 @@ def test_13_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> 
         assert code == 1, output[-3000:]
         assert "node master1 failed at step kubeadm-init" in output, output[-3000:]
         assert bad.phases("master1")[-1] == "failed kubeadm-init", bad.phases("master1")
-        [init] = calls_of_lab(bad, "master1")
+        [init] = calls_of(bad, "master1", "kubeadm")
         assert init["exit"] == 1 and "not YAML" in init["error"], init
     finally:
         bad.labctl("destroy", "--yes", timeout=300)
-
-
-def calls_of_lab(lab: Lab, node: str) -> list[dict[str, Any]]:
-    return [c for c in lab.jsonl(node, f"{STANDIN_DIR}/calls.jsonl") if c["tool"] == "kubeadm"]

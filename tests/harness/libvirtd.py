@@ -144,7 +144,7 @@ def daemon_files(layout: Layout, passwd: str, group: str) -> dict[Path, str]:
 
 def daemon_configs(layout: Layout) -> dict[Path, str]:
     """The contents of libvirtd.conf, virtlogd.conf and qemu.conf."""
-    libvirtd = {
+    libvirtd: dict[str, ConfValue] = {
         "unix_sock_dir": str(layout.socket.parent),
         "unix_sock_rw_perms": "0700",
         "unix_sock_ro_perms": "0700",
@@ -305,6 +305,7 @@ class PrivateLibvirtd:
             text=True,
             timeout=timeout,
             check=check,
+            stdin=subprocess.DEVNULL,
         )
 
     def stop(self) -> None:
