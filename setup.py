@@ -1,6 +1,6 @@
 """labctl: a Kubernetes HA lab out of local virtual machines."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # The data directories live at the top level of the repository (images/, cloud-init/, network/)
 # and are installed inside the package as labctl.data.*, so an installed labctl finds them anywhere.
@@ -17,7 +17,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["labctl", "labctl.backends", *DATA],
+    packages=[*find_packages(include=["labctl", "labctl.*"]), *DATA],
     package_dir=DATA,
     package_data={"labctl": ["lab.yaml"], **{name: ["*", "**/*"] for name in DATA}},
     exclude_package_data={name: ["__pycache__", "*.pyc"] for name in DATA},
@@ -33,5 +33,5 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
         "lint": ["ruff>=0.5", "mypy>=1.8", "types-PyYAML", "types-requests"],
     },
-    entry_points={"console_scripts": ["labctl = labctl.cli:main"]},
+    entry_points={"console_scripts": ["labctl = labctl.cli.main:main"]},
 )

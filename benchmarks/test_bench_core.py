@@ -5,11 +5,11 @@ Targets, on the 2-core CI machine: validating a lab.yaml and planning a 60-node 
 
 import pytest
 
-from labctl.config import load_lab, parse_lab
-from labctl.pki import ensure_secrets
-from labctl.plan import plan_lab
-from labctl.seed import build_seed_iso, render_seed
-from labctl.state import LabState
+from labctl.guest.seed import build_seed_iso, render_seed
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ensure_secrets
 
 BIG = "nodes: {master: {count: 7}, worker: {count: 50}, lb: {count: 2}}"
 

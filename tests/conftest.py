@@ -51,8 +51,8 @@ def daemon(request):
 @pytest.fixture(scope="module")
 def plan():
     """The default lab's plan."""
-    from labctl.config import load_lab
-    from labctl.plan import plan_lab
+    from labctl.lab.config import load_lab
+    from labctl.lab.plan import plan_lab
 
     return plan_lab(load_lab())
 
@@ -60,8 +60,8 @@ def plan():
 @pytest.fixture(scope="module")
 def bridged():
     """A plan whose internal network is bridged onto the host's br0."""
-    from labctl.config import parse_lab
-    from labctl.plan import plan_lab
+    from labctl.lab.config import parse_lab
+    from labctl.lab.plan import plan_lab
 
     return plan_lab(parse_lab("networks: {internal: {mode: bridge, bridge: br0, cidr: 192.168.1.0/24}}", "t"))
 

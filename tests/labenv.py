@@ -11,8 +11,8 @@ from pathlib import Path
 
 import libvirt
 
-from labctl.accel import choose_accel, read_host_facts
-from labctl.libvirt_xml import read_tag
+from labctl.backends.libvirt.xml import read_tag
+from labctl.lab.accel import choose_accel, read_host_facts
 
 LAB_YAML = """\
 name: {name}

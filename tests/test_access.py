@@ -7,10 +7,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from labctl import access
+from labctl.access import ssh as access
 from labctl.errors import ConfigError, LabError, StateError
-from labctl.pki import ensure_secrets, known_hosts_lines
-from labctl.state import LabState
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ensure_secrets, known_hosts_lines
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labctl.cli import main
-from labctl.config import parse_lab
+from labctl.cli.main import main
 from labctl.errors import ConfigError
+from labctl.lab.config import parse_lab
 from tests.labenv import record_figure
 from tests.test_config import INVALID
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labctl.catalog import ImageSpec, load_catalog, parse_catalog, parse_checksums, resolve_image
 from labctl.errors import ConfigError, ImageError
+from labctl.lab.catalog import ImageSpec, load_catalog, parse_catalog, parse_checksums, resolve_image
 from labctl.resources import data_file, read_text
 
 HEX512 = "ab" * 64
@@ -168,7 +168,7 @@ def test_spec_filename_and_with_digest():
 
 
 def test_an_image_built_offline_is_named_by_its_name(isolated_home):
-    from labctl.catalog import built_manifest
+    from labctl.lab.catalog import built_manifest
 
     manifest = built_manifest("lab-offline")
     manifest.parent.mkdir(parents=True)

@@ -9,8 +9,8 @@ import sys
 import yaml
 from click.testing import CliRunner
 
-from labctl.cli import cli, main
-from labctl.seed import read_seed_iso
+from labctl.cli.main import cli, main
+from labctl.guest.seed import read_seed_iso
 
 
 def run(args, **kwargs):
@@ -92,7 +92,7 @@ def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
     def boom(*_args, **_kwargs):
         raise RuntimeError("kaboom\nsecond line")
 
-    monkeypatch.setattr("labctl.clictx.load_lab", boom)
+    monkeypatch.setattr("labctl.cli.context.load_lab", boom)
     try:
         main(["plan"])
     except SystemExit as done:

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from click.shell_completion import ShellComplete
 
-from labctl import access
-from labctl.cli import cli, main
-from labctl.clictx import Context
-from labctl.config import load_lab
-from labctl.doctor import OK, Check, Facts
-from labctl.pki import ensure_secrets
-from labctl.plan import plan_lab
-from labctl.state import LabState
+from labctl.access import ssh as access
+from labctl.cli.context import Context
+from labctl.cli.main import cli, main
+from labctl.lab.config import load_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.ops.doctor import OK, Check, Facts
+from labctl.pki.secrets import ensure_secrets
 
 
 def run(capsys, *args):
@@ -215,7 +215,7 @@ def test_start_waits_for_the_phases_of_this_boot(capsys, backend, tmp_path):
 
 
 def test_start_of_a_remote_lab_reads_phases_over_ssh(capsys, backend, created, monkeypatch):
-    from labctl.readiness import REMOTE_PHASE
+    from labctl.access.readiness import REMOTE_PHASE
 
     backend.console_dir = None
     asked = []
@@ -229,10 +229,10 @@ def test_start_of_a_remote_lab_reads_phases_over_ssh(capsys, backend, created, m
 
 @pytest.mark.parametrize("command", [["stop"], ["start", "--no-wait"]])
 def test_stop_and_start_wait_for_the_labs_lock(capsys, backend, monkeypatch, command):
-    from labctl.lock import lab_lock
+    from labctl.lab.lock import lab_lock
 
     fast = iter(range(0, 10_000, 1))
-    monkeypatch.setattr("labctl.clictx.time.monotonic", lambda: float(next(fast)))
+    monkeypatch.setattr("labctl.cli.context.time.monotonic", lambda: float(next(fast)))
     with lab_lock(LabState.for_lab("k8s"), "up", clock=lambda: 0.0, sleep=lambda s: None):
         code, _, err = run(capsys, *command)
     assert code == 1 and f"lab `k8s` is busy (pid {os.getpid()}, command up)" in err
@@ -247,7 +247,7 @@ def test_stop_unknown_node_touches_nothing(capsys, backend):
 def test_doctor_prints_one_line_per_check_and_fails_on_fail(capsys, monkeypatch):
     facts = Facts(uri="qemu:///system", local=True, accel=None, qemu_img=False, mem_available_mib=64 * 1024,
                   disk_free=1 << 40, routes=(), bridges=frozenset(), networks=(), image=Check("image", OK, "cached"))
-    monkeypatch.setattr("labctl.doctor_facts.gather_facts", lambda *args, **kwargs: facts)
+    monkeypatch.setattr("labctl.backends.libvirt.facts.gather_facts", lambda *args, **kwargs: facts)
     code, out, err = run(capsys, "doctor", "--offline")
     lines = out.splitlines()
     assert code == 1 and len(lines) == 9

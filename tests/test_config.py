@@ -4,8 +4,8 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from labctl.config import derived_cidrs, load_lab, parse_lab
 from labctl.errors import ConfigError
+from labctl.lab.config import derived_cidrs, load_lab, parse_lab
 
 
 def test_default_lab_has_the_documented_topology():

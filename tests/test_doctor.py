@@ -6,10 +6,15 @@ from ipaddress import IPv4Network
 import libvirt
 import pytest
 
-from labctl.accel import HostFacts
-from labctl.backends.libvirt import LibvirtBackend
-from labctl.config import parse_lab
-from labctl.doctor import (
+from labctl.backends.libvirt.backend import LibvirtBackend
+from labctl.backends.libvirt.facts import Probes, gather_facts, image_check
+from labctl.backends.libvirt.xml import Tag, network_xml
+from labctl.errors import BackendError, LabError
+from labctl.image.cache import ImageCache
+from labctl.lab.accel import HostFacts
+from labctl.lab.config import parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.ops.doctor import (
     FAIL,
     OK,
     WARN,
@@ -32,11 +37,6 @@ from labctl.doctor import (
     refuse_if_blocked,
     run_checks,
 )
-from labctl.doctor_facts import Probes, gather_facts, image_check
-from labctl.errors import BackendError, LabError
-from labctl.imagecache import ImageCache
-from labctl.libvirt_xml import Tag, network_xml
-from labctl.plan import plan_lab
 
 PVM_ONLY = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_pvm"}))
 KVM = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_intel"}))

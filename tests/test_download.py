@@ -11,11 +11,11 @@ import urllib3.exceptions
 from click.testing import CliRunner
 from httpserver import HTTPTestServer
 
-from labctl.catalog import ImageSpec, parse_catalog
-from labctl.cli_image import ImageEnv, image
-from labctl.download import Timeouts, fetch
+from labctl.cli.image import ImageEnv, image
 from labctl.errors import ImageError
-from labctl.imagecache import ImageCache
+from labctl.image.cache import ImageCache
+from labctl.image.download import Timeouts, fetch
+from labctl.lab.catalog import ImageSpec, parse_catalog
 from labctl.progress import BarProgress, LineProgress, NullProgress, make_progress
 
 BODY = random.Random(1).randbytes(300_000)

@@ -8,9 +8,9 @@ import pytest
 from httpserver import HTTPTestServer
 from test_download import BODY, FAST, sha512, url_spec
 
-from labctl.download import fetch
 from labctl.errors import ImageError
-from labctl.imagecache import ImageCache
+from labctl.image.cache import ImageCache
+from labctl.image.download import fetch
 from labctl.progress import NullProgress
 from tests.labenv import record_figure
 

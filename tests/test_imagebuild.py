@@ -16,8 +16,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from labctl import cli_imagebuild, imagebuild
-from labctl.aptsources import (
+from labctl.cli import imagebuild as cli_imagebuild
+from labctl.errors import ConfigError, ImageError
+from labctl.image import build as imagebuild
+from labctl.image.aptsources import (
     AptSource,
     image_sources,
     mirror_source,
@@ -26,9 +28,7 @@ from labctl.aptsources import (
     read_host_sources,
     resolve_sources,
 )
-from labctl.catalog import resolve_image
-from labctl.errors import ConfigError, ImageError
-from labctl.imagebuild import (
+from labctl.image.build import (
     BASE_PACKAGES,
     CUSTOMIZE_HOOK,
     KERNEL_CMDLINE,
@@ -43,6 +43,7 @@ from labctl.imagebuild import (
     render_overlay_tar,
     run_command,
 )
+from labctl.lab.catalog import resolve_image
 from labctl.resources import data_file
 
 REPO = Path(__file__).resolve().parent.parent

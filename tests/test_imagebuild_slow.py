@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labctl.imagebuild import BuiltImage, build_image, file_sha512, plan_packages, read_manifest
+from labctl.guest.seed import build_seed_iso
+from labctl.image.build import BuiltImage, build_image, file_sha512, plan_packages, read_manifest
 from labctl.resources import read_text
-from labctl.seed import build_seed_iso
 
 pytestmark = pytest.mark.slow
 

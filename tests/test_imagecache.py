@@ -6,10 +6,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from labctl.catalog import parse_catalog
-from labctl.cli_image import ImageEnv, image
+from labctl.cli.image import ImageEnv, image
 from labctl.errors import ImageError, StateError
-from labctl.imagecache import ImageCache
+from labctl.image.cache import ImageCache
+from labctl.lab.catalog import parse_catalog
 
 DATA = b"qcow2 image bytes " * 1000
 

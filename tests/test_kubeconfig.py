@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from labctl import kubeconfig as kc
-from labctl.config import load_lab
+from labctl.access import kubeconfig as kc
 from labctl.errors import ConfigError
-from labctl.pki import ensure_secrets
-from labctl.plan import plan_lab
-from labctl.state import LabState
+from labctl.lab.config import load_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ensure_secrets
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from labctl.backends.libvirt import LibvirtBackend
-from labctl.config import parse_lab
-from labctl.libvirt_xml import Tag
-from labctl.lifecycle import destroy, lab_id_for
-from labctl.plan import plan_lab
-from labctl.state import LabState
+from labctl.backends.libvirt.backend import LibvirtBackend
+from labctl.backends.libvirt.xml import Tag
+from labctl.lab.config import parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.ops.lifecycle import destroy, lab_id_for
 from tests.harness.libvirtd import can_run
 from tests.labenv import lab_env, labctl, record_figure, snapshot, write_lab
 
@@ -34,7 +34,7 @@ def add_foreign_objects(conn, pool_dir):
     conn.defineXML("<domain type='qemu'><name>k8s-foreign</name><memory unit='MiB'>64</memory>"
                    "<os><type arch='x86_64'>hvm</type></os></domain>")
     other = Tag("other", "fff", "domain", "master", "master1")
-    from labctl.libvirt_xml import _metadata  # the same metadata shape labctl writes
+    from labctl.backends.libvirt.xml import _metadata  # the same metadata shape labctl writes
 
     root = ET.fromstring("<domain type='qemu'><name>k8s-master9</name><memory unit='MiB'>64</memory>"
                          "<os><type arch='x86_64'>hvm</type></os></domain>")

@@ -5,9 +5,9 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from labctl.config import load_lab, parse_lab
-from labctl.libvirt_xml import METADATA_NS, DomainMedia, Tag, domain_xml, network_xml, read_tag, volume_xml
-from labctl.plan import plan_lab
+from labctl.backends.libvirt.xml import METADATA_NS, DomainMedia, Tag, domain_xml, network_xml, read_tag, volume_xml
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import plan_lab
 
 NETS = {"nat": "k8s-nat", "internal": "k8s-internal"}
 MEDIA = DomainMedia("labctl", "k8s-gateway-abc.qcow2", "k8s-gateway-abc-seed.iso", "/var/log/x/console.log")

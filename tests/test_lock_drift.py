@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from labctl.config import parse_lab
-from labctl.drift import plan_fingerprint, unappliable_changes
-from labctl.lock import BusyError, lab_lock
-from labctl.plan import plan_lab
-from labctl.state import LabState
+from labctl.lab.config import parse_lab
+from labctl.lab.drift import plan_fingerprint, unappliable_changes
+from labctl.lab.lock import BusyError, lab_lock
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
 
 HOLD = """
 import sys, time
-from labctl.lock import lab_lock
-from labctl.state import LabState
+from labctl.lab.lock import lab_lock
+from labctl.lab.state import LabState
 state = LabState.for_lab("k8s", __import__("pathlib").Path(sys.argv[1]))
 with lab_lock(state, "up", clock=time.monotonic, sleep=time.sleep):
     print("held", flush=True)

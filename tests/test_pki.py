@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from labctl.config import load_lab, parse_lab
 from labctl.errors import StateError
-from labctl.pki import ca_cert_hash, ensure_secrets, keepalived_router_id, known_hosts_lines
-from labctl.plan import plan_lab
-from labctl.state import LabState
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ca_cert_hash, ensure_secrets, keepalived_router_id, known_hosts_lines
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CAS = {"ca": "kubernetes", "front-proxy-ca": "front-proxy-ca", "etcd/ca": "etcd-ca"}

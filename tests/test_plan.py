@@ -2,8 +2,8 @@
 
 from ipaddress import IPv4Address
 
-from labctl.config import load_lab, parse_lab
-from labctl.plan import derive_mac, plan_lab
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import derive_mac, plan_lab
 
 
 def test_default_plan_nodes_names_and_addresses():

@@ -7,10 +7,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from labctl.config import parse_lab
-from labctl.errors import LabError, ProvisionError
-from labctl.plan import plan_lab
-from labctl.readiness import (
+from labctl.access.readiness import (
     REMOTE_PHASE,
     PhaseEvent,
     PhaseView,
@@ -20,6 +17,9 @@ from labctl.readiness import (
     ssh_phase_reader,
     wait_ready,
 )
+from labctl.errors import LabError, ProvisionError
+from labctl.lab.config import parse_lab
+from labctl.lab.plan import plan_lab
 
 CONSOLE = """\
 [    1.234] Linux version 6.1.0-cloud-amd64
@@ -155,7 +155,7 @@ def test_log_reader_asks_the_fallback_where_the_log_is_not_readable_here(tmp_pat
     read = log_reader({"lb1": root_only, "master1": None, "gateway": tmp_path / "missing.log"}, {}, fallback)
     assert read("master1") == "labctl-phase: master1 ready\n"  # remote hypervisor: no path here
     assert read("gateway") == ""  # not written yet: nothing to ask about
-    monkeypatch.setattr("labctl.readiness.open", denied, raising=False)
+    monkeypatch.setattr("labctl.access.readiness.open", denied, raising=False)
     assert read("lb1") == "labctl-phase: lb1 ready\n"
     assert asked == ["master1", "lb1"]
 

@@ -12,12 +12,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from labctl.config import load_lab, parse_lab
 from labctl.errors import ConfigError, LabError
-from labctl.kubeadmconf import kubeadm_api_version, kubeadm_documents
-from labctl.pki import ensure_secrets
-from labctl.plan import plan_lab
-from labctl.roleconf import (
+from labctl.guest.kubeadm import kubeadm_api_version, kubeadm_documents
+from labctl.guest.roles import (
     cni_manifest,
     lab_env,
     render_dnsmasq_conf,
@@ -27,7 +24,10 @@ from labctl.roleconf import (
     render_lab_env,
     render_nftables,
 )
-from labctl.state import LabState
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ensure_secrets
 
 BIG = "nodes: {lb: {count: 2}, master: {count: 5}}\n"
 

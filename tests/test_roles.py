@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from labctl.config import load_lab, parse_lab
-from labctl.pki import ensure_secrets
-from labctl.plan import plan_lab
+from labctl.guest.cloudconfig import BOOTSTRAP, ROLE_SCRIPTS, role_config, role_phases
+from labctl.guest.seed import render_user_data
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ensure_secrets
 from labctl.resources import read_text
-from labctl.roles import BOOTSTRAP, ROLE_SCRIPTS, role_config, role_phases
-from labctl.seed import render_user_data
-from labctl.state import LabState
 
 BIG = "nodes: {lb: {count: 2}, master: {count: 5}}\n"
 CA_FILES = ("ca", "front-proxy-ca", "etcd/ca")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from labctl.config import load_lab
-from labctl.plan import plan_lab
+from labctl.guest.cloudconfig import ROLE_SCRIPTS
+from labctl.guest.roles import render_lab_env
+from labctl.lab.config import load_lab
+from labctl.lab.plan import plan_lab
 from labctl.resources import data_file, read_text
-from labctl.roleconf import render_lab_env
-from labctl.roles import ROLE_SCRIPTS
 
 SCRIPTS = ("bootstrap", "announce", "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
 STUB = """#!/bin/sh

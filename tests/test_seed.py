@@ -7,11 +7,11 @@ import pycdlib
 import pytest
 import yaml
 
-from labctl.config import load_lab, parse_lab
-from labctl.pki import KeyPair, ensure_secrets
-from labctl.plan import plan_lab
-from labctl.seed import build_seed_iso, read_seed_iso, render_seed
-from labctl.state import LabState
+from labctl.guest.seed import build_seed_iso, read_seed_iso, render_seed
+from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import KeyPair, ensure_secrets
 
 
 @pytest.fixture(scope="module")

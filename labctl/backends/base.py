@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from labctl.libvirt_xml import Tag
-from labctl.plan import NetworkPlan, NodePlan
+from labctl.backends.libvirt.xml import Tag
+from labctl.lab.plan import NetworkPlan, NodePlan
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]

@@ -24,9 +24,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from labctl import imagebuild
-from labctl.imagebuild import BuiltImage, build_image, file_sha512, read_manifest
-from labctl.lock import host_lock
+from labctl.image import build as imagebuild
+from labctl.image.build import BuiltImage, build_image, file_sha512, read_manifest
+from labctl.lab.lock import host_lock
 
 HERE = Path(__file__).resolve().parent
 STANDIN = HERE / "standin"
@@ -45,8 +45,8 @@ BUILD_LOCK_TIMEOUT = 3600.0  # seconds to wait for another run building the same
 LIB = "usr/lib/labctl-standin"
 DEBS_IN_IMAGE = "/tmp/labctl-standin-debs"
 BUILD_INPUTS = (
-    REPO / "labctl" / "imagebuild.py",
-    REPO / "labctl" / "aptsources.py",
+    REPO / "labctl" / "image" / "build.py",
+    REPO / "labctl" / "image" / "aptsources.py",
     REPO / "images" / "customize.sh",
     Path(__file__).resolve(),
 )

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from labctl.config import parse_lab
-from labctl.plan import Plan, plan_lab
-from labctl.readiness import parse_phases
+from labctl.access.readiness import parse_phases
+from labctl.lab.config import parse_lab
+from labctl.lab.plan import Plan, plan_lab
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")

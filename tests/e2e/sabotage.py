@@ -1,6 +1,6 @@
 """``python -m tests.e2e.sabotage NODE ARGS...``: labctl ARGS, with NODE's kubeadm config broken in its seed.
 
-The e2e sabotage case: every seed ISO passes through ``labctl.seed.build_seed_iso``; this wraps it
+The e2e sabotage case: every seed ISO passes through ``labctl.guest.seed.build_seed_iso``; this wraps it
 so that NODE's user-data gets unparsable text in place of /etc/labctl/kubeadm.yaml. Nothing else
 changes, so ``labctl up`` must report NODE failing at its kubeadm step. Test code only.
 """
@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 import yaml
 
-import labctl.lifecycle
-import labctl.seed
-from labctl.cli import main
+import labctl.guest.seed
+import labctl.ops.lifecycle
+from labctl.cli.main import main
 
 KUBEADM_CONFIG = "/etc/labctl/kubeadm.yaml"
 BROKEN = "this is: [not a kubeadm configuration\n"
@@ -43,9 +43,9 @@ def sabotaging(node: str, build):  # type: ignore[no-untyped-def]
 
 def run(argv: list[str]) -> None:
     node, args = argv[0], argv[1:]
-    original = labctl.seed.build_seed_iso
+    original = labctl.guest.seed.build_seed_iso
     wrapped = sabotaging(node, original)
-    for module in (labctl.seed, labctl.lifecycle):  # lifecycle imported the name itself
+    for module in (labctl.guest.seed, labctl.ops.lifecycle):  # lifecycle imported the name itself
         module.build_seed_iso = wrapped  # type: ignore[attr-defined]
     main(args)
 

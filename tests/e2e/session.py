@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labctl.readiness import console_tail
+from labctl.access.readiness import console_tail
 from tests.e2e.image import e2e_image
 from tests.e2e.lab import Lab, NetnsServer, Timings, lab_yaml, phase_timeline, plan_of
 from tests.harness.libvirtd import PrivateLibvirtd, can_run

@@ -29,9 +29,9 @@ import libvirt
 import pytest
 import yaml
 
-from labctl.libvirt_xml import read_tag
-from labctl.pki_x509 import ca_cert_hash
-from labctl.roleconf import NIC_NAMES, STATS_PORT
+from labctl.backends.libvirt.xml import read_tag
+from labctl.guest.roles import NIC_NAMES, STATS_PORT
+from labctl.pki.x509 import ca_cert_hash
 from tests.e2e.lab import Lab, phase_timeline
 from tests.e2e.session import (
     CA_FILES,

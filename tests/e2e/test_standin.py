@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from labctl.pki_x509 import ca_cert_hash, new_ca
+from labctl.pki.x509 import ca_cert_hash, new_ca
 from tests.e2e.image import PACKAGES, build_debs, with_standins
 
 STANDIN = Path(__file__).resolve().parent / "standin"

@@ -1,0 +1,242 @@
+"""Reaching the nodes from the host: OpenSSH argument lists, the lab's known_hosts and ssh configs.
+
+Everything that builds text or argv is pure; writing the two small files and exec'ing are separate.
+Host keys are pinned (``StrictHostKeyChecking yes`` against a known_hosts made from the lab's own
+host keys, and nothing else), so ``labctl ssh`` never asks to trust a key and never trusts a stale one.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, NoReturn
+from urllib.parse import urlsplit
+
+from labctl.errors import ConfigError, LabError, StateError
+from labctl.lab.catalog import suggestion
+from labctl.lab.plan import NodePlan, Plan
+from labctl.lab.state import LabState, write_private
+from labctl.pki.secrets import LabSecrets, known_hosts_lines
+
+CONNECT_TIMEOUT = 10  # seconds: a stopped node fails fast instead of hanging a script
+KNOWN_HOSTS = "known_hosts"
+JUMP_CONFIG = "ssh_config"  # read by ssh -F, and by the jump hop that `ssh -J` starts with the same -F
+FOLLOW_INTERVAL = 0.5  # seconds between polls of a followed console log
+
+Exec = Callable[[str, Sequence[str]], object]
+
+
+def find_node(plan: Plan, name: str) -> NodePlan:
+    """The node called ``name``; an unknown name is a ConfigError that lists the valid ones."""
+    if name in plan.node_names:
+        return plan.node(name)
+    hint = suggestion(name, plan.node_names)
+    raise ConfigError("", f"unknown node {name!r}; nodes of lab {plan.lab.name}: {', '.join(plan.node_names)}", hint)
+
+
+def uri_is_local(uri: str) -> bool:
+    """True for a libvirt URI on this host (``qemu:///system``), False for ``qemu+ssh://host/system``."""
+    return not urlsplit(uri).netloc
+
+
+def hypervisor_hop(uri: str) -> str | None:
+    """``[user@]host[:port]`` of an ssh-transport libvirt URI: the first hop towards a remote lab."""
+    parts = urlsplit(uri)
+    if not parts.netloc or not parts.scheme.endswith("+ssh") or not parts.hostname:
+        return None
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{user}{parts.hostname}{port}"
+
+
+def needs_gateway(plan: Plan, backend_is_local: bool) -> bool:
+    """Whether the internal network may be unreachable from here, so ssh must jump via the gateway.
+
+    Only an isolated network on this host gives the host an internal address; a bridged one
+    is the user's LAN (maybe not routed here), and a remote hypervisor's networks are its own.
+    """
+    return plan.network("internal").mode == "bridge" or not backend_is_local
+
+
+def gateway_address(plan: Plan) -> str:
+    """The gateway's address on the NAT network: always reachable from the hypervisor host."""
+    return str(next(nic.address.ip for nic in plan.node("gateway").nics if nic.network == "nat"))
+
+
+def node_address(plan: Plan, node: NodePlan, via_gateway: bool) -> str:
+    """Where ssh connects: the internal address, but the gateway itself by its NAT address when jumping."""
+    return gateway_address(plan) if via_gateway and node.role == "gateway" else str(node.internal.address.ip)
+
+
+def _config_word(path: Path) -> str:
+    """A path as one ssh_config word (also what ``-o`` takes): ``%`` doubled, since it starts a token
+    in IdentityFile and UserKnownHostsFile, and quoted when it holds whitespace."""
+    text = str(path).replace("%", "%%")
+    if '"' in text or "\n" in text:
+        raise StateError(f"{path}: ssh cannot be given a path containing a quote or newline")
+    return f'"{text}"' if any(char.isspace() for char in text) else text
+
+
+def _pinning_options(state: LabState) -> list[tuple[str, str]]:
+    """The ssh options every connection to a lab node uses: the lab key, and only the lab's host keys.
+    (IdentityFile rather than ``-i``: ``-i`` neither quotes nor escapes ``%``.)"""
+    return [
+        ("IdentityFile", _config_word(state.ssh_key_path)),
+        ("IdentitiesOnly", "yes"),
+        ("UserKnownHostsFile", _config_word(state.root / KNOWN_HOSTS)),
+        ("GlobalKnownHostsFile", "/dev/null"),
+        ("StrictHostKeyChecking", "yes"),
+        ("ConnectTimeout", str(CONNECT_TIMEOUT)),
+    ]
+
+
+def jump_config_text(plan: Plan, state: LabState) -> str:
+    """The ssh_config given with ``-F``: `ssh -J` passes ``-F`` (and no other option) on to the jump hop,
+    so this is how the hop to the gateway gets the lab key and known_hosts. Scoped to the lab's addresses,
+    so a first hop to a remote hypervisor keeps ssh's defaults."""
+    addresses = [gateway_address(plan)] + [str(node.internal.address.ip) for node in plan.nodes]
+    lines = [f"# Written by labctl for lab {plan.lab.name}; rewritten on every `labctl ssh`.",
+             "Host " + " ".join(addresses),
+             f"    User {plan.lab.user}"]
+    lines += [f"    {key} {value}" for key, value in _pinning_options(state)]
+    return "\n".join(lines) + "\n"
+
+
+def write_known_hosts(state: LabState, plan: Plan, secrets: LabSecrets) -> Path:
+    """``<state>/known_hosts`` (0600): every node's pinned host key under its name, FQDN and addresses."""
+    state.ensure()
+    path = state.root / KNOWN_HOSTS
+    write_private(path, ("\n".join(known_hosts_lines(plan, secrets)) + "\n").encode())
+    return path
+
+
+def write_ssh_files(state: LabState, plan: Plan, secrets: LabSecrets) -> None:
+    """The known_hosts and the ``-F`` ssh_config that :func:`ssh_argv` refers to."""
+    write_known_hosts(state, plan, secrets)
+    write_private(state.root / JUMP_CONFIG, jump_config_text(plan, state).encode())
+
+
+def _check_passable(config: Path) -> None:
+    """ssh -J hands ``-F <config>`` to the jump hop inside a shell command line, unquoted and %-expanded."""
+    if not _SHELL_SAFE.fullmatch(str(config)):
+        raise StateError(f"{config}: ssh cannot pass this path to its jump host (spaces, % or shell characters)",
+                         "set XDG_DATA_HOME to a plain path, or use `labctl ssh-config` with your own ssh config")
+
+
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9_./@+,:=-]+")
+_HOP = re.compile(r"([A-Za-z0-9_.-]+@)?([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _checked_hop(hop: str | None) -> str | None:
+    """A first hop as ssh -J takes it; it ends up in a shell command line, so nothing else is let through."""
+    if hop is not None and not _HOP.fullmatch(hop):
+        raise ConfigError("--jump", f"expected [USER@]HOST[:PORT], got {hop!r}")
+    return hop
+
+
+def ssh_argv(plan: Plan, state: LabState, node_name: str, command: Sequence[str], *,
+             via_gateway: bool, first_hop: str | None = None) -> list[str]:
+    """The OpenSSH command line that reaches ``node_name`` as the lab user, with host keys pinned.
+
+    ``via_gateway`` jumps through the gateway's NAT address; ``first_hop`` (``[user@]host[:port]``,
+    e.g. a remote hypervisor, which reaches the NAT network) is jumped through before that, with ssh's
+    defaults. ``command`` is passed as ssh passes it: joined by spaces and run by the node's login shell.
+    """
+    node = find_node(plan, node_name)
+    user = plan.lab.user
+    first_hop = _checked_hop(first_hop)
+    via_gateway = via_gateway or bool(first_hop)
+    argv = ["ssh", "-F", str(state.root / JUMP_CONFIG)]
+    for key, value in _pinning_options(state):
+        argv += ["-o", f"{key}={value}"]
+    if command:
+        argv += ["-o", "BatchMode=yes"]  # a script fails at once instead of waiting for a prompt
+    hops = [first_hop] if first_hop else []
+    if via_gateway and node.role != "gateway":
+        hops.append(f"{user}@{gateway_address(plan)}")
+    if hops:
+        _check_passable(state.root / JUMP_CONFIG)
+        argv += ["-J", ",".join(hops)]
+    # "--" ends ssh's options: whatever follows the destination is the remote command, never an option.
+    return [*argv, "--", f"{user}@{node_address(plan, node, via_gateway)}", *command]
+
+
+def ssh_config_text(plan: Plan, state: LabState, *, via_gateway: bool = False, first_hop: str | None = None) -> str:
+    """Host blocks ``<lab>-<node>`` for ``~/.ssh/config`` (``ssh k8s-master1``), host keys pinned."""
+    lab = plan.lab.name
+    first_hop = _checked_hop(first_hop)
+    via_gateway = via_gateway or bool(first_hop)
+    blocks = [f"# labctl lab {lab}: append to ~/.ssh/config (or Include it), then `ssh {lab}-<node>`."]
+    for node in plan.nodes:
+        lines = [f"Host {lab}-{node.name}",
+                 f"    HostName {node_address(plan, node, via_gateway)}",
+                 f"    User {plan.lab.user}"]
+        lines += [f"    {key} {value}" for key, value in _pinning_options(state)]
+        if node.role == "gateway" and first_hop:
+            lines.append(f"    ProxyJump {first_hop}")
+        elif node.role != "gateway" and via_gateway:
+            lines.append(f"    ProxyJump {lab}-gateway")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def exec_argv(argv: Sequence[str], execvp: Exec | None = None) -> NoReturn:
+    """Replace this process with ``argv`` (its terminal and exit code become the command's)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        (execvp or os.execvp)(argv[0], list(argv))
+    except OSError as err:
+        raise _cannot_run(argv[0], err) from err
+    raise SystemExit(0)  # only an injected execvp returns
+
+
+_PACKAGES = {"ssh": "openssh-client", "virsh": "libvirt-clients"}
+
+
+def _cannot_run(program: str, err: OSError) -> LabError:
+    if isinstance(err, FileNotFoundError):
+        return LabError(f"{program} not found", f"install it ({_PACKAGES.get(program, program)})")
+    return LabError(f"cannot run {program}: {err.strerror or err}")
+
+
+def run_output(argv: Sequence[str], timeout: float) -> str | None:
+    """Run ``argv`` (an ssh query), bounded by ``timeout``; its stdout, or None when it failed or took too long."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+    except OSError as err:
+        raise _cannot_run(argv[0], err) from err
+    return done.stdout if done.returncode == 0 else None
+
+
+def read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    """The bytes of ``path`` after ``offset``, and the new offset; a truncated file is read from its start."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < offset:
+            offset = 0  # rotated or truncated (a new boot of the node)
+        handle.seek(offset)
+        data = handle.read()
+    return data, offset + len(data)
+
+
+def follow_log(path: Path, out: BinaryIO, *, follow: bool,
+               sleep: Callable[[float], None] = time.sleep, polls: int | None = None) -> None:
+    """Copy ``path`` to ``out``; with ``follow``, keep copying what is appended every FOLLOW_INTERVAL
+    seconds until interrupted (or ``polls`` polls, for tests)."""
+    data, offset = read_from(path, 0)
+    out.write(data)
+    out.flush()
+    while follow and (polls is None or polls > 0):
+        sleep(FOLLOW_INTERVAL)
+        data, offset = read_from(path, offset)
+        if data:
+            out.write(data)
+            out.flush()
+        polls = None if polls is None else polls - 1

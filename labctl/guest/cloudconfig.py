@@ -1,0 +1,166 @@
+"""What each node does on first boot, as cloud-config keys merged into its user-data (pure).
+
+Every node gets its SSH host key (pinned by the host), the static bootstrap scripts, its env file
+and its role's configuration files through ``write_files``, and one ``runcmd`` entry that runs
+``/usr/local/lib/labctl/bootstrap <role>``. Secrets go only to the nodes that use them, 0600 root.
+
+Layout on a node::
+
+    /usr/local/lib/labctl/bootstrap, lib.sh, <role scripts>      static scripts (cloud-init/scripts)
+    /etc/labctl/lab.env                                           the scripts' parameters
+    /etc/labctl/{nftables,dnsmasq}.conf                           gateway, installed by gateway.sh
+    /etc/labctl/{haproxy.cfg,keepalived.conf,kubernetes-ca.crt}   load balancers
+    /etc/labctl/kubeadm.yaml                                      masters and workers
+    /etc/kubernetes/pki/{ca,front-proxy-ca,etcd/ca}.{crt,key}, sa.{key,pub}   masters
+    /var/lib/labctl/phase                                         the last phase reached
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from labctl.errors import StateError
+from labctl.guest.roles import (
+    CLUSTER_CA_COPY,
+    ENV_FILE,
+    ETC_DIR,
+    KUBE_PKI,
+    KUBEADM_CONFIG,
+    render_dnsmasq_conf,
+    render_haproxy_cfg,
+    render_keepalived_conf,
+    render_kubeadm_config,
+    render_lab_env,
+    render_nftables,
+)
+from labctl.lab.plan import NodePlan, Plan
+from labctl.pki.secrets import LabSecrets
+from labctl.resources import read_text
+
+SCRIPT_DIR = "/usr/local/lib/labctl"
+BOOTSTRAP = f"{SCRIPT_DIR}/bootstrap"
+ROLE_SCRIPTS = {
+    "gateway": ("gateway.sh",),
+    "lb": ("lb.sh",),
+    "master": ("k8s-node.sh", "master.sh"),
+    "worker": ("k8s-node.sh", "worker.sh"),
+}
+# cloud-init/files/<name> -> where it goes on the node
+STATIC_FILES = {
+    "gateway": (("gateway-sysctl.conf", "/etc/sysctl.d/90-labctl-gateway.conf"),),
+    "lb": (),
+    "master": (
+        ("k8s-modules.conf", "/etc/modules-load.d/labctl-k8s.conf"),
+        ("k8s-sysctl.conf", "/etc/sysctl.d/90-labctl-k8s.conf"),
+    ),
+}
+STATIC_FILES["worker"] = STATIC_FILES["master"]
+PUBLIC, PRIVATE = "0644", "0600"
+OWNER = "root:root"
+
+# The phases a node reports, in order, after `start`; `ready` is the last.
+K8S_PREPARE = ("network", "kernel", "packages", "containerd")
+
+
+def role_config(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, Any]:
+    """The cloud-config keys that make ``node`` what its role says (write_files, runcmd, ssh_keys, apt)."""
+    files = [
+        *_script_files(node.role),
+        *_static_files(node.role),
+        write_file(ENV_FILE, render_lab_env(plan, node), PUBLIC),
+        *ROLE_FILES[node.role](plan, node, secrets),
+    ]
+    config: dict[str, Any] = {
+        "ssh_deletekeys": True,
+        "ssh_keys": _ssh_host_key(node, secrets),
+        "write_files": files,
+        "runcmd": [[BOOTSTRAP, node.role]],
+    }
+    if plan.lab.apt_mirror:
+        # Only the primary archive: a Debian mirror need not carry debian-security.
+        config["apt"] = {"primary": [{"arches": ["default"], "uri": plan.lab.apt_mirror}]}
+    return config
+
+
+def role_phases(plan: Plan, node: NodePlan) -> tuple[str, ...]:
+    """Every phase ``node`` reports, in order (a failure reports ``failed <step>`` instead)."""
+    if node.role == "gateway":
+        steps: tuple[str, ...] = ("packages", "forwarding", "firewall", "dns")
+    elif node.role == "lb":
+        steps = ("network", "packages", "haproxy") + (("keepalived",) if plan.lab.role("lb").count > 1 else ())
+    elif node.role == "master" and node.index == 1:
+        steps = (*K8S_PREPARE, "kubeadm-init", "cni", "kubeconfig")
+    elif node.role == "master":
+        steps = (*K8S_PREPARE, "wait-previous", "kubeadm-join", "kubeconfig")
+    else:
+        steps = (*K8S_PREPARE, "wait-api", "kubeadm-join")
+    return ("start", *steps, "ready")
+
+
+def write_file(path: str, content: str, permissions: str) -> dict[str, Any]:
+    return {"path": path, "content": content, "owner": OWNER, "permissions": permissions}
+
+
+def _script_files(role: str) -> list[dict[str, Any]]:
+    files = [write_file(BOOTSTRAP, read_text("cloud-init", "scripts/bootstrap"), "0755"),
+             write_file(f"{SCRIPT_DIR}/announce", read_text("cloud-init", "scripts/announce"), "0755")]
+    for name in ("lib.sh", *ROLE_SCRIPTS[role]):
+        files.append(write_file(f"{SCRIPT_DIR}/{name}", read_text("cloud-init", f"scripts/{name}"), PUBLIC))
+    return files
+
+
+def _static_files(role: str) -> list[dict[str, Any]]:
+    every_node = (("labctl-phase.service", "/etc/systemd/system/labctl-phase.service"),)
+    return [write_file(path, read_text("cloud-init", f"files/{name}"), PUBLIC)
+            for name, path in (*every_node, *STATIC_FILES[role])]
+
+
+def _ssh_host_key(node: NodePlan, secrets: LabSecrets) -> dict[str, str]:
+    key = secrets.host_keys.get(node.name)
+    if key is None:
+        raise StateError(f"no SSH host key for node {node.name}", "ensure_secrets makes one per planned node")
+    return {"ed25519_private": key.private_pem, "ed25519_public": key.public}
+
+
+def _gateway_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
+    return [
+        write_file(f"{ETC_DIR}/nftables.conf", render_nftables(plan), PUBLIC),
+        write_file(f"{ETC_DIR}/dnsmasq.conf", render_dnsmasq_conf(plan), PUBLIC),
+    ]
+
+
+def _lb_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
+    files = [
+        write_file(CLUSTER_CA_COPY, secrets.kubernetes_ca.cert_pem, PUBLIC),
+        write_file(f"{ETC_DIR}/haproxy.cfg", render_haproxy_cfg(plan, node, secrets), PRIVATE),
+    ]
+    if plan.lab.role("lb").count > 1:
+        files.append(write_file(f"{ETC_DIR}/keepalived.conf", render_keepalived_conf(plan, node, secrets), PRIVATE))
+    return files
+
+
+def _master_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
+    """kubeadm's shared control-plane material ("manual certificate distribution") and its config."""
+    authorities = {"ca": secrets.kubernetes_ca, "front-proxy-ca": secrets.front_proxy_ca, "etcd/ca": secrets.etcd_ca}
+    files = [write_file(KUBEADM_CONFIG, render_kubeadm_config(plan, node, secrets), PRIVATE)]
+    for stem, authority in authorities.items():
+        files.append(write_file(f"{KUBE_PKI}/{stem}.crt", authority.cert_pem, PUBLIC))
+        files.append(write_file(f"{KUBE_PKI}/{stem}.key", authority.key_pem, PRIVATE))
+    files.append(write_file(f"{KUBE_PKI}/sa.key", secrets.service_account.private_pem, PRIVATE))
+    files.append(write_file(f"{KUBE_PKI}/sa.pub", secrets.service_account.public, PUBLIC))
+    return files
+
+
+def _worker_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
+    # The CA stays out of /etc/kubernetes/pki: kubeadm join refuses a worker whose ca.crt exists.
+    return [
+        write_file(CLUSTER_CA_COPY, secrets.kubernetes_ca.cert_pem, PUBLIC),
+        write_file(KUBEADM_CONFIG, render_kubeadm_config(plan, node, secrets), PRIVATE),
+    ]
+
+
+ROLE_FILES: dict[str, Callable[[Plan, NodePlan, LabSecrets], list[dict[str, Any]]]] = {
+    "gateway": _gateway_files,
+    "lb": _lb_files,
+    "master": _master_files,
+    "worker": _worker_files,
+}

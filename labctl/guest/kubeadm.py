@@ -1,0 +1,147 @@
+"""kubeadm's configuration file of each Kubernetes node: YAML documents dumped from dicts (pure).
+
+master1 gets InitConfiguration + ClusterConfiguration; every other master and every worker a
+JoinConfiguration. The shared control-plane material (CAs, service-account keys) reaches the masters
+through their seeds, so control-plane joins need no certificateKey; every join pins the CA with
+caCertHashes. The API version follows the Kubernetes version: v1beta4 from 1.31, v1beta3 before.
+"""
+
+from typing import Any
+
+import yaml
+
+from labctl.errors import ConfigError, LabError
+from labctl.lab.plan import NodePlan, Plan
+from labctl.pki.secrets import TOKEN, LabSecrets
+
+API_PORT = 6443
+CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
+BOOTSTRAP_TTL = "24h0m0s"  # joins happen during the first boot; the token is useless a day later
+TOKEN_GROUPS = ["system:bootstrappers:kubeadm:default-node-token"]
+TOKEN_USAGES = ["signing", "authentication"]
+ETCD_DATA_DIR = "/var/lib/etcd"
+V1BETA4_SINCE = (1, 31)
+OLDEST_SUPPORTED = (1, 24)  # the oldest stream pkgs.k8s.io publishes
+PREFLIGHT_MINIMUMS = ["NumCPU", "Mem"]  # kubeadm's checks that enforce_minimums: false relaxes
+
+
+def kubernetes_minor(version: str) -> tuple[int, int]:
+    """(1, 31) from "1.31" or "1.31.4"; refuses versions older than pkgs.k8s.io carries."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) < OLDEST_SUPPORTED:
+        oldest = ".".join(map(str, OLDEST_SUPPORTED))
+        raise ConfigError("kubernetes.version", f"{version} is older than {oldest}, the oldest on pkgs.k8s.io")
+    return major, minor
+
+
+def kubeadm_api_version(version: str) -> str:
+    """The kubeadm config API for Kubernetes ``version``."""
+    return "kubeadm.k8s.io/v1beta4" if kubernetes_minor(version) >= V1BETA4_SINCE else "kubeadm.k8s.io/v1beta3"
+
+
+def render_kubeadm_config(plan: Plan, node: NodePlan, secrets: LabSecrets) -> str:
+    """/etc/labctl/kubeadm.yaml of a master or worker, as multi-document YAML."""
+    return yaml.safe_dump_all(
+        kubeadm_documents(plan, node, secrets), sort_keys=False, default_flow_style=False, explicit_start=True
+    )
+
+
+def kubeadm_documents(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
+    """The configuration documents for ``node``: init on master1, join everywhere else."""
+    if node.role not in ("master", "worker"):
+        raise LabError(f"{node.name} is a {node.role}; only masters and workers run kubeadm")
+    _check_join_secrets(secrets)
+    if node.role == "master" and node.index == 1:
+        return [_init_configuration(plan, node, secrets), cluster_configuration(plan)]
+    return [_join_configuration(plan, node, secrets)]
+
+
+def cluster_configuration(plan: Plan) -> dict[str, Any]:
+    """Cluster-wide settings: the endpoint through the load balancer(s), subnets, SANs, etcd."""
+    spec = plan.lab.kubernetes
+    return {
+        "apiVersion": kubeadm_api_version(spec.version),
+        "kind": "ClusterConfiguration",
+        "kubernetesVersion": _kubernetes_version(spec.version),
+        "controlPlaneEndpoint": f"{plan.api_name}:{API_PORT}",
+        "networking": {"podSubnet": str(spec.pod_cidr), "serviceSubnet": str(spec.service_cidr)},
+        "apiServer": {"certSANs": [plan.api_name, str(plan.api_address)]},
+        "etcd": etcd_configuration(plan),
+    }
+
+
+def etcd_configuration(plan: Plan) -> dict[str, Any]:
+    """ClusterConfiguration.etcd per topology; an external etcd role would add its branch here."""
+    topology = plan.lab.kubernetes.etcd
+    if topology == "stacked":
+        return {"local": {"dataDir": ETCD_DATA_DIR}}
+    raise ConfigError("kubernetes.etcd", f"topology {topology!r} has no kubeadm configuration yet")
+
+
+def _init_configuration(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, Any]:
+    return {
+        "apiVersion": kubeadm_api_version(plan.lab.kubernetes.version),
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [
+            {
+                "token": secrets.bootstrap_token,
+                "description": f"labctl lab {plan.lab.name}: node joins during first boot",
+                "ttl": BOOTSTRAP_TTL,
+                "usages": list(TOKEN_USAGES),
+                "groups": list(TOKEN_GROUPS),
+            }
+        ],
+        "nodeRegistration": _node_registration(plan, node),
+        "localAPIEndpoint": _local_endpoint(node),
+    }
+
+
+def _join_configuration(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "apiVersion": kubeadm_api_version(plan.lab.kubernetes.version),
+        "kind": "JoinConfiguration",
+        "nodeRegistration": _node_registration(plan, node),
+        "discovery": {
+            "bootstrapToken": {
+                "token": secrets.bootstrap_token,
+                "apiServerEndpoint": f"{plan.api_name}:{API_PORT}",
+                "caCertHashes": [secrets.ca_cert_hash],
+            }
+        },
+    }
+    if node.role == "master":
+        # No certificateKey: the CAs and service-account keys came with the seed.
+        config["controlPlane"] = {"localAPIEndpoint": _local_endpoint(node)}
+    return config
+
+
+def _node_registration(plan: Plan, node: NodePlan) -> dict[str, Any]:
+    node_ip = str(node.internal.address.ip)
+    v1beta4 = kubeadm_api_version(plan.lab.kubernetes.version).endswith("v1beta4")
+    registration: dict[str, Any] = {
+        "name": node.name,
+        "criSocket": CRI_SOCKET,
+        # v1beta4 turned the extra-args maps into lists of name/value pairs.
+        "kubeletExtraArgs": [{"name": "node-ip", "value": node_ip}] if v1beta4 else {"node-ip": node_ip},
+    }
+    if node.role == "master" and not plan.lab.kubernetes.enforce_minimums:
+        registration["ignorePreflightErrors"] = list(PREFLIGHT_MINIMUMS)
+    return registration
+
+
+def _local_endpoint(node: NodePlan) -> dict[str, Any]:
+    return {"advertiseAddress": str(node.internal.address.ip), "bindPort": API_PORT}
+
+
+def _kubernetes_version(version: str) -> str:
+    # "1.31" names a stream, not a release: kubeadm resolves stable-1.31 to its newest patch, or to its
+    # own version when offline. "1.31.4" is exact.
+    return f"v{version}" if version.count(".") == 2 else f"stable-{version}"
+
+
+def _check_join_secrets(secrets: LabSecrets) -> None:
+    if not TOKEN.fullmatch(secrets.bootstrap_token):
+        raise LabError("the lab's bootstrap token is not of the form [a-z0-9]{6}.[a-z0-9]{16}")
+    algo, _, digest = secrets.ca_cert_hash.partition(":")
+    if algo != "sha256" or len(digest) != 64:
+        raise LabError("the lab's CA hash is not sha256:<64 hex digits>")

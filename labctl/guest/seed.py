@@ -1,0 +1,168 @@
+"""NoCloud seeds: contents rendered from the plan (pure), and the ISO written with pycdlib."""
+
+import io
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pycdlib
+import pycdlib.dates
+import pycdlib.headervd
+import pycdlib.pycdlib
+import yaml
+
+from labctl.errors import LabError
+from labctl.guest.cloudconfig import role_config
+from labctl.guest.roles import NIC_NAMES
+from labctl.lab.plan import NodePlan, Plan
+from labctl.pki.secrets import LabSecrets
+from labctl.resources import read_text
+
+SEED_FILES = ("meta-data", "user-data", "network-config")
+FIXED_EPOCH = 946684800  # 2000-01-01T00:00:00Z: every timestamp in a seed ISO
+
+
+class _SeedDumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings (scripts, PEM, configs) as readable literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_SeedDumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Mapping[str, Any], header: str = "") -> str:
+    return header + yaml.dump(dict(data), Dumper=_SeedDumper, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def render_meta_data(node: NodePlan) -> str:
+    # A stable instance-id: cloud-init must not re-run first-boot modules after the seed is removed.
+    return dump_yaml({"instance-id": node.uuid, "local-hostname": node.name})
+
+
+def render_network_config(plan: Plan, node: NodePlan) -> str:
+    """network-config v2: every NIC matched by its planned MAC, static address, route via the gateway."""
+    nat_host = plan.network("nat").host_address
+    ethernets: dict[str, Any] = {}
+    for nic in node.nics:
+        name = NIC_NAMES[nic.network]
+        entry: dict[str, Any] = {
+            "match": {"macaddress": nic.mac},
+            "set-name": name,
+            "addresses": [str(nic.address)],
+        }
+        via = _default_route(plan, node, nic.network, nat_host)
+        if via:
+            entry["routes"] = [{"to": "0.0.0.0/0", "via": via}]
+        nameservers = _nameservers(plan, node, nic.network, via)
+        if nameservers:
+            entry["nameservers"] = nameservers
+        ethernets[name] = entry
+    return dump_yaml({"version": 2, "ethernets": ethernets})
+
+
+def _nameservers(plan: Plan, node: NodePlan, network: str, via: str | None) -> dict[str, Any] | None:
+    """Lab names come from the gateway's dnsmasq, for the gateway itself too: its internal NIC names its
+    own address with the lab's domain (systemd-resolved sends the domain's names there), and its NAT NIC
+    names the NAT network's host for everything else, which also serves it before dnsmasq is installed."""
+    if node.role == "gateway" and network == "internal":
+        return {"addresses": [str(plan.gateway_address)], "search": [plan.lab.domain]}
+    if node.role == "gateway":
+        return {"addresses": [via]} if via else None
+    return {"addresses": [via], "search": [plan.lab.domain]} if via else None
+
+
+def _default_route(plan: Plan, node: NodePlan, network: str, nat_host: Any) -> str | None:
+    if node.role == "gateway":
+        return str(nat_host.ip) if network == "nat" and nat_host else None
+    return str(plan.gateway_address) if network == "internal" else None
+
+
+def render_user_data(plan: Plan, node: NodePlan, secrets: LabSecrets) -> str:
+    """The #cloud-config of ``node``: common settings, hostname, the lab user with the lab key only,
+    and what its role writes and runs on first boot (:func:`labctl.guest.cloudconfig.role_config`)."""
+    data: dict[str, Any] = yaml.safe_load(read_text("cloud-init", "common.yaml"))
+    data.update(
+        {
+            "hostname": node.name,
+            "fqdn": node.fqdn,
+            "users": [
+                {
+                    "name": plan.lab.user,
+                    "gecos": f"labctl {plan.lab.name} lab user",
+                    "groups": ["sudo"],
+                    "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                    "shell": "/bin/bash",
+                    "lock_passwd": True,
+                    "ssh_authorized_keys": [secrets.ssh_user_key.public],
+                }
+            ],
+        }
+    )
+    role = role_config(plan, node, secrets)
+    clash = sorted(data.keys() & role.keys())
+    if clash:
+        raise LabError(f"role content of {node.name} would override common user-data keys: {', '.join(clash)}")
+    data.update(role)
+    return dump_yaml(data, "#cloud-config\n")
+
+
+def render_seed(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, bytes]:
+    """The three NoCloud files of ``node``, by file name. user-data carries secrets: keep it private."""
+    return {
+        "meta-data": render_meta_data(node).encode(),
+        "user-data": render_user_data(plan, node, secrets).encode(),
+        "network-config": render_network_config(plan, node).encode(),
+    }
+
+
+@contextmanager
+def _fixed_clock() -> Iterator[None]:
+    """pycdlib stamps every record with time.time()/localtime(); pin them for byte-identical ISOs."""
+    clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.time = lambda: float(FIXED_EPOCH)
+    clock.localtime = time.gmtime
+    with (
+        mock.patch.object(pycdlib.pycdlib, "time", clock),
+        mock.patch.object(pycdlib.headervd, "time", clock),
+        mock.patch.object(pycdlib.dates, "time", clock),
+    ):
+        yield
+
+
+def build_seed_iso(files: Mapping[str, bytes]) -> bytes:
+    """A NoCloud ``cidata`` ISO (ISO9660 level 3 + Joliet + Rock Ridge) holding ``files``."""
+    iso = pycdlib.PyCdlib()
+    out = io.BytesIO()
+    with _fixed_clock():
+        iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+        for name in sorted(files):
+            data = files[name]
+            iso_name = "/" + name.upper().replace("-", "_")[:8] + ".;1"
+            iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path="/" + name)
+        iso.write_fp(out)
+    iso.close()
+    return out.getvalue()
+
+
+def read_seed_iso(data: bytes) -> dict[str, bytes]:
+    """Read a seed ISO back (Rock Ridge names), for tests and `labctl render` checks."""
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(data))
+    files = {}
+    try:
+        for child in iso.list_children(rr_path="/"):
+            if child.is_file():
+                name = child.rock_ridge.name().decode()
+                buf = io.BytesIO()
+                iso.get_file_from_iso_fp(buf, rr_path="/" + name)
+                files[name] = buf.getvalue()
+    finally:
+        iso.close()
+    return files

@@ -1,0 +1,314 @@
+"""lab.yaml → validated :class:`~labctl.lab.model.Lab`.
+
+Every error is a :class:`ConfigError` whose message starts with the key path,
+e.g. ``nodes.worker.memory: expected MiB ≥ 512, got "2G"``.
+"""
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from importlib import resources
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labctl.errors import ConfigError
+from labctl.lab.catalog import resolve_image
+from labctl.lab.model import ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
+
+DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
+DNS_NAME = re.compile(r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+K8S_VERSION = re.compile(r"^1\.\d{1,2}(\.\d{1,3})?$")
+LAB_NAME_MAX = 20  # keeps <lab>-<node> within hostname and libvirt limits
+MAX_WORKERS = 50
+MAX_CONFIG_BYTES = 1 << 20
+
+TOP_KEYS = ("name", "domain", "user", "accel", "image", "apt_mirror", "networks", "nodes", "kubernetes")
+NETWORK_KEYS = {"nat": ("cidr",), "internal": ("cidr", "mode", "bridge")}
+ROLE_KEYS = {
+    "gateway": ("cpus", "memory", "disk"),
+    "lb": ("count", "cpus", "memory", "disk"),
+    "master": ("count", "cpus", "memory", "disk"),
+    "worker": ("count", "cpus", "memory", "disk"),
+}
+K8S_KEYS = ("version", "pod_cidr", "service_cidr", "cni", "etcd", "enforce_minimums", "cni_manifest")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+HTTP_URL = re.compile(r"^https?://[^\s'\"]+$")
+
+
+def default_text() -> str:
+    """The annotated default lab.yaml that ``labctl init`` writes."""
+    return resources.files("labctl").joinpath("lab.yaml").read_text(encoding="utf-8")
+
+
+def load_lab(path: Path | None = None, name: str | None = None) -> Lab:
+    """Load ``path`` (or the built-in default) and validate it; ``name`` overrides the lab name."""
+    if path is None:
+        return parse_lab(default_text(), "default lab", name)
+    try:
+        raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot read: {err.strerror}") from err
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), "file is larger than 1 MiB; not a lab definition")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {err.start})") from err
+    return parse_lab(text, str(path), name, base_dir=path.parent)
+
+
+def parse_lab(text: str, source: str, name: str | None = None, base_dir: Path | None = None) -> Lab:
+    """Parse and validate lab.yaml text; defaults fill every missing key. Relative image paths
+    are taken from ``base_dir`` (the lab.yaml's directory)."""
+    user = _parse_yaml(text, source)
+    merged = _merge(_parse_yaml(default_text(), "default lab"), user)
+    if name is not None:
+        merged["name"] = name
+    return _build_lab(merged, base_dir)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return dict(loader.construct_pairs(node))
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    if "\x00" in text:
+        raise ConfigError(source, "contains NUL bytes; not a YAML lab definition")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, f"YAML syntax error{where}: {err.problem}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(source, f"YAML error: {' '.join(str(err).split())}") from err
+    except RecursionError as err:
+        raise ConfigError(source, "YAML nested too deeply") from err
+    if data is None:
+        raise ConfigError(source, "empty file; run `labctl init` for a starting point")
+    if not isinstance(data, dict):
+        raise ConfigError(source, f"expected a mapping of settings, got {_kind(data)}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: Mapping[Any, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# --- value checkers -------------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value[:60], ensure_ascii=False)
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)[:60]
+
+
+def _fail(path: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(path, f"expected {expected}, got {_shown(value)}")
+
+
+def _mapping(value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, "a mapping", value)
+    for key in value:
+        if not isinstance(key, str) or key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {', '.join(allowed)}"
+            raise ConfigError(where, f"unknown key; {hint}")
+    return value
+
+
+def _int(value: Any, path: str, low: int, high: int, unit: str = "") -> int:
+    what = f"{unit} {low}–{high}".strip() if unit else f"an integer {low}–{high}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, what if not unit else f"{unit} ≥ {low}", value)
+    if value < low:
+        raise _fail(path, f"{unit} ≥ {low}" if unit else what, value)
+    if value > high:
+        raise _fail(path, f"{unit} ≤ {high}" if unit else what, value)
+    return value
+
+
+def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(path, "one of " + ", ".join(choices), value)
+    return value
+
+
+def _string(value: Any, path: str, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise _fail(path, what, value)
+    return value
+
+
+def _cidr(value: Any, path: str) -> IPv4Network:
+    if not isinstance(value, str):
+        raise _fail(path, "an IPv4 CIDR such as 10.1.0.0/24", value)
+    try:
+        return IPv4Network(value, strict=True)
+    except ValueError as err:
+        raise ConfigError(path, f"expected an IPv4 CIDR such as 10.1.0.0/24, got {_shown(value)} ({err})") from err
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def derived_cidrs(lab_name: str) -> tuple[IPv4Network, IPv4Network]:
+    """Default NAT and internal /24s for a lab: derived from its name so labs do not collide."""
+    slot = int.from_bytes(hashlib.sha256(lab_name.encode()).digest()[:4], "big") % 128
+    return IPv4Network(f"10.213.{2 * slot}.0/24"), IPv4Network(f"10.213.{2 * slot + 1}.0/24")
+
+
+def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
+    data = _mapping(data, "", TOP_KEYS)
+    name = _string(data.get("name"), "name", DNS_LABEL, f"a DNS-1123 label (a-z, 0-9, -) of ≤ {LAB_NAME_MAX} chars")
+    if len(name) > LAB_NAME_MAX:
+        raise _fail("name", f"a DNS-1123 label of ≤ {LAB_NAME_MAX} chars", name)
+    domain = data.get("domain") or f"{name}.internal"
+    _string(domain, "domain", DNS_NAME, "a DNS domain such as k8s.internal")
+    user = _string(data.get("user"), "user", USER_NAME, "a POSIX user name such as lab")
+    if user == "root":
+        raise ConfigError("user", "must not be root; the lab user gets sudo")
+    mirror = data.get("apt_mirror")
+    if mirror is not None:
+        _string(mirror, "apt_mirror", HTTP_URL, "an http(s) URL")
+    image = data.get("image")
+    if not isinstance(image, (str, dict)) or not image:
+        raise _fail("image", "a catalog name or a mapping with url or path", image)
+    image_spec = resolve_image(image, "image", base_dir=base_dir)
+    nat, internal = _networks(data.get("networks"), name)
+    kubernetes = _kubernetes(data.get("kubernetes"))
+    roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
+    _check_overlaps(nat, internal, kubernetes)
+    accel = _choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
+    return Lab(name, domain, user, accel, image_spec, mirror, nat, internal, roles, kubernetes)
+
+
+def _networks(value: Any, lab_name: str) -> tuple[NetworkSpec, NetworkSpec]:
+    section = _mapping(value, "networks", ("nat", "internal"))
+    nat_default, internal_default = derived_cidrs(lab_name)
+    nat = _mapping(section.get("nat"), "networks.nat", NETWORK_KEYS["nat"])
+    internal = _mapping(section.get("internal"), "networks.internal", NETWORK_KEYS["internal"])
+    nat_cidr = _cidr(nat["cidr"], "networks.nat.cidr") if "cidr" in nat else nat_default
+    internal_cidr = _cidr(internal["cidr"], "networks.internal.cidr") if "cidr" in internal else internal_default
+    for path, cidr, longest in (("networks.nat.cidr", nat_cidr, 29), ("networks.internal.cidr", internal_cidr, 24)):
+        if not 16 <= cidr.prefixlen <= longest:
+            raise _fail(path, f"a prefix length from /16 to /{longest}", str(cidr))
+        if not cidr.is_private:
+            raise _fail(path, "a private range (10/8, 172.16/12, 192.168/16)", str(cidr))
+    mode = _choice(internal.get("mode", "isolated"), "networks.internal.mode", ("isolated", "bridge"))
+    bridge = internal.get("bridge")
+    if mode == "bridge":
+        bridge = _string(bridge, "networks.internal.bridge", re.compile(r"^[A-Za-z0-9_.-]{1,15}$"),
+                         "the name of an existing host bridge (e.g. br0) for mode bridge")
+    elif bridge is not None:
+        raise ConfigError("networks.internal.bridge", "only valid with mode: bridge")
+    return NetworkSpec("nat", nat_cidr, "nat"), NetworkSpec("internal", internal_cidr, mode, bridge)
+
+
+def _kubernetes(value: Any) -> KubernetesSpec:
+    section = _mapping(value, "kubernetes", K8S_KEYS)
+    version = section.get("version")
+    if isinstance(version, float):  # YAML reads 1.31 unquoted as a float
+        raise _fail("kubernetes.version", 'a quoted version such as "1.31"', version)
+    version = _string(version, "kubernetes.version", K8S_VERSION, 'a Kubernetes version such as "1.31" or "1.31.4"')
+    enforce = section.get("enforce_minimums")
+    if not isinstance(enforce, bool):
+        raise _fail("kubernetes.enforce_minimums", "true or false", enforce)
+    return KubernetesSpec(
+        version=version,
+        pod_cidr=_cidr(section.get("pod_cidr"), "kubernetes.pod_cidr"),
+        service_cidr=_cidr(section.get("service_cidr"), "kubernetes.service_cidr"),
+        cni=_choice(section.get("cni"), "kubernetes.cni", ("flannel", "calico")),
+        etcd=_choice(section.get("etcd"), "kubernetes.etcd", ("stacked",)),
+        enforce_minimums=enforce,
+        cni_manifest=_cni_manifest(section.get("cni_manifest")),
+    )
+
+
+def _cni_manifest(value: Any) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    entry = _mapping(value, "kubernetes.cni_manifest", ("url", "sha256"))
+    url = _string(entry.get("url"), "kubernetes.cni_manifest.url", HTTP_URL, "an http(s) URL")
+    digest = _string(entry.get("sha256"), "kubernetes.cni_manifest.sha256", SHA256_HEX, "64 lowercase hex digits")
+    return url, digest
+
+
+def _count_check(role: str) -> Callable[[Any, str], int]:
+    def check(value: Any, path: str) -> int:
+        if role == "master":
+            count = _int(value, path, 1, 7)
+            if count % 2 == 0:
+                raise ConfigError(path, f"expected 1, 3, 5 or 7, got {count}: etcd needs a majority, "
+                                        f"and {count} masters tolerate no more failures than {count - 1}")
+            return count
+        if role == "lb":
+            return _int(value, path, 1, 2)
+        return _int(value, path, 0, MAX_WORKERS)
+    return check
+
+
+def _roles(value: Any, enforce_minimums: bool) -> tuple[RoleSpec, ...]:
+    section = _mapping(value, "nodes", ROLES)
+    specs = []
+    for role in ROLES:
+        path = f"nodes.{role}"
+        entry = _mapping(section.get(role), path, ROLE_KEYS[role])
+        count = _count_check(role)(entry.get("count", 1), f"{path}.count")
+        min_cpus, min_memory = (2, 1700) if role == "master" and enforce_minimums else (1, 512)
+        cpus = _int(entry.get("cpus"), f"{path}.cpus", min_cpus, 64, "vCPUs")
+        memory = _int(entry.get("memory"), f"{path}.memory", min_memory, 262144, "MiB")
+        disk = _int(entry.get("disk"), f"{path}.disk", 4, 2048, "GiB")
+        specs.append(RoleSpec(role, count, cpus, memory, disk))
+    return tuple(specs)
+
+
+def _check_overlaps(nat: NetworkSpec, internal: NetworkSpec, k8s: KubernetesSpec) -> None:
+    named = [
+        ("networks.nat.cidr", nat.cidr),
+        ("networks.internal.cidr", internal.cidr),
+        ("kubernetes.pod_cidr", k8s.pod_cidr),
+        ("kubernetes.service_cidr", k8s.service_cidr),
+    ]
+    for i, (path, cidr) in enumerate(named):
+        for other_path, other in named[:i]:
+            if cidr.overlaps(other):
+                raise ConfigError(path, f"{cidr} overlaps {other_path} ({other})")

@@ -1,0 +1,49 @@
+"""What a lab was built as, and what of a changed lab.yaml cannot be applied in place."""
+
+from typing import Any
+
+from labctl.lab.plan import Plan
+
+
+def plan_fingerprint(plan: Plan) -> dict[str, Any]:
+    """The parts of a plan that libvirt objects and guests are built from (JSON-ready)."""
+    return {
+        "networks": {net.key: {"cidr": str(net.cidr), "mode": net.mode, "bridge": net.bridge}
+                     for net in plan.networks},
+        "nodes": {
+            node.name: {"role": node.role, "cpus": node.cpus, "memory": node.memory, "disk": node.disk,
+                        "nics": [[nic.network, nic.mac, str(nic.address)] for nic in node.nics]}
+            for node in plan.nodes
+        },
+        "domain": plan.lab.domain,
+        "user": plan.lab.user,
+        "api": str(plan.api_address),  # baked into every node's seed (DNS, kubeadm endpoint)
+    }
+
+
+def unappliable_changes(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Differences between the built lab and the wanted one that `up` cannot apply in place.
+
+    Adding nodes is applied (they are created); everything else that changes an existing
+    object (a subnet, a node's size or address, a removed node, the domain) is listed.
+    """
+    changes = []
+    for net, spec in built.get("networks", {}).items():
+        for field, old in spec.items():
+            new = wanted["networks"].get(net, {}).get(field)
+            if old != new:
+                changes.append(f"networks.{net}.{field} {old} → {new}")
+    networks_changed = bool(changes)  # then addresses and the API address follow from the subnet
+    for key in ("domain", "user") if networks_changed else ("domain", "user", "api"):
+        if built.get(key) != wanted.get(key):
+            changes.append(f"{key} {built.get(key)} → {wanted.get(key)}")
+    for name, spec in built.get("nodes", {}).items():
+        if name not in wanted["nodes"]:
+            changes.append(f"{name} removed")
+            continue
+        for field, old in spec.items():
+            new = wanted["nodes"][name][field]
+            if old != new and not (field == "nics" and networks_changed):
+                shown = (old, new) if field != "nics" else ("its addresses", "new ones")
+                changes.append(f"{name}.{field} {shown[0]} → {shown[1]}")
+    return changes
