@@ -11,7 +11,7 @@ HOST_PACKAGES = libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 # daemon, mmdebstrap for offline images, and the validators of rendered role content.
 TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables iproute2 \
-	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived shellcheck cloud-init
+	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived nftables shellcheck cloud-init
 
 .PHONY: lab host-deps test-deps venv test test-fast e2e bench lint destroy clean
 
@@ -32,8 +32,11 @@ $(VENV)/.installed: setup.py
 	$(VENV)/bin/pip install --quiet -e '.[test,lint]'
 	touch $@
 
+# Everything, then the tests that wait on other processes once more beside three CPU-bound
+# processes (started and ended by pid by the test run), so races are found here and not by CI.
 test: test-deps venv
 	$(VENV)/bin/python -m pytest -v
+	$(VENV)/bin/python -m pytest -v -m races --cpu-load 3 -p no:cacheprovider
 
 test-fast: venv
 	$(VENV)/bin/python -m pytest -q -m "not slow and not e2e and not libvirt"

@@ -38,7 +38,7 @@ def blank_image(directory: Path) -> tuple[Path, str]:
 def accel_for_tests() -> str:
     # auto where it resolves to TCG (as on a PVM-only host), so the automatic choice is exercised;
     # the private daemon has no /dev/kvm, so a host with working KVM gets tcg explicitly.
-    return "auto" if choose_accel("auto", read_host_facts()).domain_type == "qemu" else "tcg"
+    return "auto" if choose_accel("auto", read_host_facts()).emulated else "tcg"
 
 
 def write_lab(directory: Path, name: str = "k8s", masters: int = 3, workers: int = 2) -> Path:

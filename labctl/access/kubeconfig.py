@@ -15,11 +15,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from labctl.errors import ConfigError
-from labctl.lab.plan import Plan
+from labctl.lab.plan import API_PORT, Plan
 from labctl.lab.state import DIR_MODE, write_private
 from labctl.pki.secrets import LabSecrets
 
-API_PORT = 6443
 SECTIONS = ("clusters", "users", "contexts")
 Resolve = Callable[[str, int], Any]  # socket.getaddrinfo-like: (host, port) -> [(family, type, proto, name, addr)]
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol
 
 from labctl.errors import ProvisionError
 from labctl.lab.plan import NodePlan
@@ -95,36 +95,18 @@ class Progress:
 ReadText = Callable[[str], str]  # node name -> console text since this `up` started it
 
 
-class PhaseView:
-    """Phase changes on stderr: a live table on a terminal, one line per change otherwise."""
+class PhaseEvents(Protocol):
+    """Where :func:`wait_ready` reports: every change of phase, and a failed node's console tail."""
 
-    def __init__(self, stream: TextIO, tty: bool, quiet: bool = False) -> None:
-        self.stream, self.tty, self.quiet, self._drawn = stream, tty, quiet, 0
+    def phases(self, progress: Progress, changed: Sequence[str], now: float) -> None: ...
 
-    def show(self, progress: Progress, changed: Sequence[str], now: float) -> None:
-        if self.quiet:
-            return
-        if not self.tty:
-            for name in changed:
-                node = progress.nodes[name]
-                detail = f" {node.step}" if node.step else ""
-                self.stream.write(f"{name}: {node.phase}{detail}\n")
-        else:
-            if self._drawn:
-                self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
-            lines = [f"{'NODE':<10} {'ROLE':<8} {'PHASE':<22} TIME"]
-            for node in progress.nodes.values():
-                phase = f"{node.phase} {node.step}" if node.step else node.phase
-                lines.append(f"{node.name:<10} {node.role:<8} {phase:<22} {int(now - node.since)}s")
-            self.stream.write("\n".join(lines) + "\n")
-            self._drawn = len(lines)
-        self.stream.flush()
+    def failure(self, node: str, tail: Sequence[str]) -> None: ...
 
 
 def wait_ready(
     nodes: Sequence[NodePlan],
     read: ReadText,
-    view: PhaseView,
+    events: PhaseEvents,
     *,
     timeout: float,
     clock: Callable[[], float],
@@ -134,15 +116,17 @@ def wait_ready(
     """Poll the nodes' consoles until all are ready; raise ProvisionError on a failure or timeout."""
     start = clock()
     progress = Progress({n.name: NodeProgress(n.name, n.role, since=start) for n in nodes})
-    view.show(progress, list(progress.nodes), start)
+    events.phases(progress, list(progress.nodes), start)
     while True:
         now = clock()
         changed = [name for name, node in progress.nodes.items() if not node.done and
                    progress.update(name, read(name), now)]
         if changed:
-            view.show(progress, changed, now)
+            events.phases(progress, changed, now)
         if progress.failed:
-            raise _failure(progress.failed[0], read(progress.failed[0].name), view)
+            failed = progress.failed[0]
+            events.failure(failed.name, console_tail(read(failed.name)))
+            raise _failure(failed)
         if progress.all_ready:
             return progress
         if now - start >= timeout:
@@ -150,9 +134,7 @@ def wait_ready(
         sleep(interval)
 
 
-def _failure(node: NodeProgress, text: str, view: PhaseView) -> ProvisionError:
-    view.stream.write(f"--- last {TAIL_LINES} lines of {node.name}'s console ---\n")
-    view.stream.write("\n".join(console_tail(text)) + "\n---\n")
+def _failure(node: NodeProgress) -> ProvisionError:
     return ProvisionError(
         f"node {node.name} failed at step {node.step or 'unknown'}",
         f"the rest of the lab is left running: look with `labctl logs {node.name}` or "

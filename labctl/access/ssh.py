@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
-from urllib.parse import urlsplit
 
 from labctl.errors import ConfigError, LabError, StateError
-from labctl.lab.catalog import suggestion
 from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState, write_private
+from labctl.lab.validate import suggestion
 from labctl.pki.secrets import LabSecrets, known_hosts_lines
 
 CONNECT_TIMEOUT = 10  # seconds: a stopped node fails fast instead of hanging a script
@@ -35,21 +35,6 @@ def find_node(plan: Plan, name: str) -> NodePlan:
         return plan.node(name)
     hint = suggestion(name, plan.node_names)
     raise ConfigError("", f"unknown node {name!r}; nodes of lab {plan.lab.name}: {', '.join(plan.node_names)}", hint)
-
-
-def uri_is_local(uri: str) -> bool:
-    """True for a libvirt URI on this host (``qemu:///system``), False for ``qemu+ssh://host/system``."""
-    return not urlsplit(uri).netloc
-
-
-def hypervisor_hop(uri: str) -> str | None:
-    """``[user@]host[:port]`` of an ssh-transport libvirt URI: the first hop towards a remote lab."""
-    parts = urlsplit(uri)
-    if not parts.netloc or not parts.scheme.endswith("+ssh") or not parts.hostname:
-        return None
-    user = f"{parts.username}@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{user}{parts.hostname}{port}"
 
 
 def needs_gateway(plan: Plan, backend_is_local: bool) -> bool:
@@ -162,6 +147,27 @@ def ssh_argv(plan: Plan, state: LabState, node_name: str, command: Sequence[str]
         argv += ["-J", ",".join(hops)]
     # "--" ends ssh's options: whatever follows the destination is the remote command, never an option.
     return [*argv, "--", f"{user}@{node_address(plan, node, via_gateway)}", *command]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How this host reaches a lab's nodes, with the lab's ssh files written."""
+
+    plan: Plan
+    state: LabState
+    via_gateway: bool
+    first_hop: str | None = None
+
+    def argv(self, node: str, command: Sequence[str]) -> list[str]:
+        return ssh_argv(self.plan, self.state, node, command, via_gateway=self.via_gateway,
+                        first_hop=self.first_hop)
+
+
+def open_route(plan: Plan, state: LabState, secrets: LabSecrets, *, local: bool, jump: str | None) -> Route:
+    """Write the lab's known_hosts and ssh config, and say how to reach its nodes: ``local`` when the
+    hypervisor runs on this host, ``jump`` the first hop towards a remote one."""
+    write_ssh_files(state, plan, secrets)
+    return Route(plan, state, needs_gateway(plan, local), jump)
 
 
 def ssh_config_text(plan: Plan, state: LabState, *, via_gateway: bool = False, first_hop: str | None = None) -> str:

@@ -1,15 +1,18 @@
-"""What every CLI command gets: the global options, and the lab, plan and state they select."""
+"""What every CLI command gets: the global options, and the lab, plan, state and backend they select."""
 
-import time
-from contextlib import AbstractContextManager
+from __future__ import annotations
+
+import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
+from labctl.backends import open_backend, reach
+from labctl.backends.base import Backend, Reach
+from labctl.cli.output import TerminalEvents
 from labctl.lab.config import load_lab
-from labctl.lab.lock import lab_lock
 from labctl.lab.model import Lab
 from labctl.lab.plan import Plan, plan_lab
 from labctl.lab.state import LabState
@@ -17,14 +20,19 @@ from labctl.lab.state import LabState
 
 @dataclass
 class Context:
-    config: Path | None
-    name: str | None
-    uri: str | None
-    quiet: bool
-    debug: bool
+    """The global options (filled in by the ``labctl`` group) and what they select."""
+
+    config: Path | None = None
+    name: str | None = None
+    backend_name: str | None = None  # --backend; None: lab.yaml's
+    target: str | None = None  # --connect
+    quiet: bool = False
+    verbose: bool = False
+    debug: bool = False
 
     def lab(self) -> Lab:
-        return load_lab(self.config, self.name)
+        lab = load_lab(self.config, self.name)
+        return dataclasses.replace(lab, backend=self.backend_name) if self.backend_name else lab
 
     def plan(self) -> Plan:
         return plan_lab(self.lab())
@@ -32,18 +40,20 @@ class Context:
     def state(self, lab: Lab) -> LabState:
         return LabState.for_lab(lab.name)
 
-    def backend(self) -> Any:
-        from labctl.backends.libvirt.backend import LibvirtBackend
+    def backend(self, lab: Lab) -> Backend:
+        """The lab's backend, connected; closed when the command ends."""
+        return click.get_current_context().with_resource(open_backend(lab.backend, self.target))
 
-        return LibvirtBackend.connect(self.uri)
+    def reach(self, lab: Lab) -> Reach:
+        """How this host reaches the lab's nodes (no connection to the hypervisor needed)."""
+        return reach(lab.backend, self.target)
 
-    def locked(self, lab: Lab, command: str) -> AbstractContextManager[None]:
-        """The lab's lock, for commands that change it (up, destroy, stop, start)."""
-        return lab_lock(self.state(lab), command, clock=time.monotonic, sleep=time.sleep)
+    def events(self) -> TerminalEvents:
+        return TerminalEvents(sys.stderr, sys.stderr.isatty(), self.quiet)
 
     def report(self, message: str) -> None:
         if not self.quiet:
             click.echo(message, err=True)
 
 
-pass_ctx = click.make_pass_decorator(Context)
+pass_ctx = click.make_pass_decorator(Context, ensure=True)

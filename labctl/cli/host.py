@@ -1,18 +1,13 @@
 """Host-side access to a running lab: ssh, ssh-config, kubeconfig, logs, console, stop, start, doctor.
 
-Thin click wrappers over :mod:`labctl.access.ssh`, :mod:`labctl.access.kubeconfig` and :mod:`labctl.ops.doctor`.
+Thin click wrappers over :mod:`labctl.access` and :mod:`labctl.ops`.
 Shell completion (commands and node names) is click's: ``eval "$(_LABCTL_COMPLETE=bash_source labctl)"``
 (``zsh_source``, ``fish_source`` for other shells).
 """
 
 import socket
 import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import click
 from click.shell_completion import CompletionItem
@@ -22,10 +17,9 @@ from labctl.cli.context import Context, pass_ctx
 from labctl.errors import LabError, StateError
 from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState
+from labctl.ops.lifecycle import STOP_TIMEOUT
+from labctl.ops.ready import READY_TIMEOUT
 
-STOP_TIMEOUT = 120  # seconds of ACPI shutdown before a node is forced off
-READY_TIMEOUT = 2700  # seconds `up` and `start` wait for readiness (a cold cluster under TCG is slow)
-SSH_READ_TIMEOUT = 30  # seconds for one ssh read of a node's phase
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 
 
@@ -42,12 +36,6 @@ def complete_nodes(ctx: click.Context, _param: click.Parameter, incomplete: str)
     return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
-def _uri(ctx: Context) -> str:
-    from labctl.backends.libvirt.backend import default_uri
-
-    return ctx.uri or default_uri()
-
-
 def _lab_state(the_plan: Plan, state: LabState) -> LabState:
     if not state.exists:
         raise StateError(f"lab {the_plan.lab.name} has not been created on this host: no {state.root / 'lab.json'}",
@@ -55,23 +43,20 @@ def _lab_state(the_plan: Plan, state: LabState) -> LabState:
     return state
 
 
-def _ssh_route(ctx: Context, jump: str | None) -> tuple[Plan, LabState, bool, str | None]:
-    """The plan, the lab's state with its known_hosts and ssh config written, and how to reach the nodes:
-    (via the gateway?, first hop)."""
+def _route(ctx: Context, jump: str | None) -> access.Route:
+    """How to reach the lab's nodes, with its known_hosts and ssh config written."""
     from labctl.pki.secrets import ensure_secrets
 
     the_plan = ctx.plan()
     state = _lab_state(the_plan, ctx.state(the_plan.lab))
-    access.write_ssh_files(state, the_plan, ensure_secrets(state, the_plan))
-    uri = _uri(ctx)
-    local = access.uri_is_local(uri)
-    return the_plan, state, access.needs_gateway(the_plan, local), jump or access.hypervisor_hop(uri)
+    reach = ctx.reach(the_plan.lab)
+    return access.open_route(the_plan, state, ensure_secrets(state, the_plan), local=reach.local,
+                             jump=jump or reach.jump)
 
 
 def _ssh_argv(ctx: Context, node: str, command: tuple[str, ...], jump: str | None) -> list[str]:
     access.find_node(ctx.plan(), node)  # an unknown node is reported before anything is written
-    the_plan, state, via_gateway, hop = _ssh_route(ctx, jump)
-    return access.ssh_argv(the_plan, state, node, command, via_gateway=via_gateway, first_hop=hop)
+    return _route(ctx, jump).argv(node, command)
 
 
 _JUMP_HELP = ("Reach the lab through this [USER@]HOST[:PORT] first: the hypervisor host, which reaches the lab's "
@@ -100,8 +85,9 @@ def ssh(ctx: Context, node: str, command: tuple[str, ...], jump: str | None) -> 
 @pass_ctx
 def ssh_config(ctx: Context, jump: str | None) -> None:
     """Print Host blocks (<lab>-<node>) for ~/.ssh/config: `labctl ssh-config >> ~/.ssh/config`."""
-    the_plan, state, via_gateway, hop = _ssh_route(ctx, jump)
-    click.echo(access.ssh_config_text(the_plan, state, via_gateway=via_gateway, first_hop=hop), nl=False)
+    route = _route(ctx, jump)
+    click.echo(access.ssh_config_text(route.plan, route.state, via_gateway=route.via_gateway,
+                                      first_hop=route.first_hop), nl=False)
 
 
 @click.command()
@@ -143,7 +129,7 @@ def logs(ctx: Context, node: str, follow: bool) -> None:
     the node's /var/log/cloud-init-output.log over ssh instead (`labctl ssh NODE -- sudo cat …`).
     """
     the_plan = ctx.plan()
-    path = ctx.backend().console_log(access.find_node(the_plan, node))
+    path = ctx.backend(the_plan.lab).console_log(access.find_node(the_plan, node))
     try:
         if path is not None and _print_console_log(ctx, node, path, follow):
             return
@@ -169,52 +155,18 @@ def _print_console_log(ctx: Context, node: str, path: Path, follow: bool) -> boo
 @click.argument("node", shell_complete=complete_nodes)
 @pass_ctx
 def console(ctx: Context, node: str) -> None:
-    """Attach to NODE's serial console with virsh (leave with Ctrl-]).
+    """Attach to NODE's serial console (libvirt: virsh console, leave with Ctrl-]).
 
     The console log stays readable with `labctl logs NODE`.
     """
     the_plan = ctx.plan()
-    domain = access.find_node(the_plan, node).domain_name
-    access.exec_argv(["virsh", "-c", _uri(ctx), "console", domain])
+    argv = ctx.backend(the_plan.lab).console_argv(access.find_node(the_plan, node))
+    access.exec_argv(argv)
 
 
 wait_timeout_option = click.option(
     "--timeout", type=click.IntRange(1, 86400), default=READY_TIMEOUT, show_default=True, metavar="SECONDS",
     help="How long to wait for readiness (a cold cluster under TCG is slow).")
-
-
-def await_ready(ctx: Context, backend: Any, nodes: Sequence[NodePlan], offsets: dict[str, int], timeout: int) -> None:
-    """Wait until every one of ``nodes`` is ready, from their console logs (over ssh where those are not
-    readable here); a live table on a terminal, one line per phase change otherwise."""
-    from labctl.access.readiness import PhaseView, log_reader, ssh_phase_reader, wait_ready
-
-    paths = {node.name: backend.console_log(node) for node in nodes}
-    view = PhaseView(sys.stderr, sys.stderr.isatty(), ctx.quiet)
-    pool = ThreadPoolExecutor(max_workers=min(8, len(nodes) or 1), thread_name_prefix="labctl-phase")
-    try:
-        fallback = ssh_phase_reader(_phase_over_ssh(ctx), time.monotonic, pool.submit)
-        wait_ready(nodes, log_reader(paths, offsets, fallback), view, timeout=timeout, clock=time.monotonic,
-                   sleep=time.sleep)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # a read in flight ends by its own timeout
-
-
-def _phase_over_ssh(ctx: Context) -> Callable[[str], str | None]:
-    """Runs the phase query on a node over ssh; the lab's ssh files are written once, at the first use."""
-    from labctl.access.readiness import REMOTE_PHASE
-
-    route: list[tuple[Plan, LabState, bool, str | None]] = []
-    once = threading.Lock()
-
-    def run(name: str) -> str | None:
-        with once:  # reads run in a thread pool; the ssh files are written by the first
-            if not route:
-                route.append(_ssh_route(ctx, None))
-        the_plan, state, via_gateway, hop = route[0]
-        argv = access.ssh_argv(the_plan, state, name, (REMOTE_PHASE,), via_gateway=via_gateway, first_hop=hop)
-        return access.run_output(argv, timeout=SSH_READ_TIMEOUT)
-
-    return run
 
 
 def _selected(the_plan: Plan, names: tuple[str, ...]) -> list[NodePlan]:
@@ -231,12 +183,11 @@ def _selected(the_plan: Plan, names: tuple[str, ...]) -> list[NodePlan]:
 @pass_ctx
 def stop(ctx: Context, nodes: tuple[str, ...], timeout: int) -> None:
     """Shut the lab's nodes (or NODEs) down gracefully: workers first, the gateway last."""
+    from labctl.ops.lifecycle import stop as stop_nodes
+
     the_plan = ctx.plan()
     selected = _selected(the_plan, nodes)
-    backend = ctx.backend()
-    with ctx.locked(the_plan.lab, "stop"):
-        for node in reversed(selected):
-            ctx.report(f"stop {node.name}: {backend.stop_node(node, timeout, time.monotonic, time.sleep)}")
+    stop_nodes(the_plan, ctx.backend(the_plan.lab), ctx.state(the_plan.lab), selected, ctx.events(), timeout=timeout)
 
 
 @click.command()
@@ -249,17 +200,14 @@ def start(ctx: Context, nodes: tuple[str, ...], wait: bool, timeout: int) -> Non
 
     Addresses are static, so etcd and the certificates stay valid across stop/start and host reboots;
     each node announces its phase again at boot."""
-    from labctl.ops.lifecycle import start_nodes
+    from labctl.ops.lifecycle import start as start_nodes
 
     the_plan = ctx.plan()
     selected = _selected(the_plan, nodes)
-    backend = ctx.backend()
-    with ctx.locked(the_plan.lab, "start"):
-        offsets = start_nodes(selected, backend, lambda what, did: ctx.report(f"{what}: {did}"))
-        if not wait:
-            return
-        await_ready(ctx, backend, selected, offsets, timeout)
-    ctx.report(f"lab {the_plan.lab.name}: {len(selected)} nodes ready")
+    start_nodes(the_plan, ctx.backend(the_plan.lab), ctx.state(the_plan.lab), selected, ctx.events(), wait=wait,
+                timeout=timeout)
+    if wait:
+        ctx.report(f"lab {the_plan.lab.name}: {len(selected)} nodes ready")
 
 
 @click.command()
@@ -270,11 +218,13 @@ def doctor(ctx: Context, offline: bool) -> None:
 
     Exits 1 when a check FAILs; `labctl up` refuses to start on the same failures.
     """
-    from labctl.backends.libvirt.facts import Probes, gather_facts, probe_url
     from labctl.ops.doctor import blocking_failures, run_checks
+    from labctl.ops.preflight import Probes, gather_facts, probe_url
 
     the_plan = ctx.plan()
-    facts = gather_facts(the_plan, ctx.backend, _uri(ctx), probes=Probes(probe_url=None if offline else probe_url))
+    lab = the_plan.lab
+    facts = gather_facts(the_plan, lab.backend, ctx.target or "its default", lambda: ctx.backend(lab),
+                         local=ctx.reach(lab).local, probes=Probes(probe_url=None if offline else probe_url))
     checks = run_checks(the_plan, facts)
     for check in checks:
         click.echo(check.line())

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import click
 import requests
 
+from labctl.cli.tables import table
 from labctl.image.cache import CachedImage, ImageCache
 from labctl.image.download import fetch, make_session
 from labctl.lab.catalog import FORMATS, Catalog, ImageSpec, load_catalog, resolve_image
-from labctl.ops.render import table
 from labctl.progress import format_size, make_progress
 
 

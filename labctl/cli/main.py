@@ -1,7 +1,6 @@
-"""The click layer: parse arguments, call the core, print. Errors are caught once, in main()."""
+"""The click layer: parse arguments, call the library, print. Errors are caught once, in main()."""
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -11,27 +10,32 @@ import click
 
 from labctl import __version__
 from labctl.cli.context import Context, pass_ctx
-from labctl.cli.host import await_ready, wait_timeout_option
 from labctl.cli.host import register as register_host_commands
+from labctl.cli.host import wait_timeout_option
+from labctl.cli.tables import plan_rows, render_plan_table, render_status_table
 from labctl.errors import ConfigError, LabError
 from labctl.lab.config import default_text
-from labctl.ops.render import plan_rows, render_plan_table, render_status_table, write_render
+from labctl.lab.model import BACKEND_NAMES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", type=click.Path(dir_okay=False, path_type=Path), envvar="LABCTL_CONFIG",
               help="lab.yaml to use (default: the built-in lab). Env: LABCTL_CONFIG.")
 @click.option("-n", "--name", envvar="LABCTL_NAME", help="Lab name, overriding the file's (labs live side by side).")
-@click.option("--connect", "uri", metavar="URI", help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system).")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), help="Hypervisor backend, overriding lab.yaml's.")
+@click.option("--connect", "target", metavar="URI",
+              help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only data and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="After an error, also show the raw error it came from.")
 @click.option("--debug", is_flag=True, envvar="LABCTL_DEBUG", help="Show tracebacks.")
 @click.version_option(__version__, prog_name="labctl")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, name: str | None, uri: str | None, quiet: bool, verbose: bool,
-        debug: bool) -> None:
+def cli(ctx: click.Context, config: Path | None, name: str | None, backend: str | None, target: str | None,
+        quiet: bool, verbose: bool, debug: bool) -> None:
     """Build a Kubernetes HA lab out of local virtual machines."""
-    ctx.obj = Context(config, name, uri, quiet, debug)
+    options = ctx.ensure_object(Context)  # main() passes one in, to read --debug/--verbose after an error
+    options.config, options.name, options.backend_name, options.target = config, name, backend, target
+    options.quiet, options.verbose, options.debug = quiet, verbose, debug
 
 
 @cli.command()
@@ -64,14 +68,24 @@ def plan(ctx: Context, output: str) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @pass_ctx
 def render(ctx: Context, directory: Path) -> None:
-    """Write every artifact (seeds, ISOs, domain and network XML) into DIRECTORY for review."""
-    from labctl.lab.accel import choose_accel, read_host_facts
+    """Write what `up` would make (seeds, ISOs, the hypervisor's definitions) into DIRECTORY for review.
+
+    Changes nothing: for a lab that does not exist yet, its secrets and id are throwaway placeholders.
+    """
+    from labctl.ops.imagesupply import image_as_known
+    from labctl.ops.lifecycle import choose_lab_accel
+    from labctl.ops.render import render as write_render
 
     the_plan = ctx.plan()
-    state = ctx.state(the_plan.lab)
-    accel = choose_accel(the_plan.lab.accel, read_host_facts())
-    written = write_render(the_plan, state, directory, accel.domain_type)
-    ctx.report(f"wrote {len(written)} files under {directory}")
+    backend = ctx.backend(the_plan.lab)
+    image, cached = image_as_known(the_plan.lab)
+    accel = choose_lab_accel(the_plan, backend, ctx.events())
+    done = write_render(the_plan, backend, ctx.state(the_plan.lab), accel, image, directory)
+    if done.throwaway:
+        ctx.report(f"lab {the_plan.lab.name} does not exist here: its secrets and id in these files are throwaway")
+    if not cached:
+        ctx.report(f"image {the_plan.lab.image.name} is not cached: its digest is shown as {image.digest}")
+    ctx.report(f"wrote {len(done.files)} files under {directory}")
 
 
 @cli.command()
@@ -80,30 +94,19 @@ def render(ctx: Context, directory: Path) -> None:
 @pass_ctx
 def up(ctx: Context, wait: bool, timeout: int) -> None:
     """Create what is missing, start what is stopped, wait until every node is ready."""
-    from labctl.backends.libvirt.facts import Probes, gather_facts
-    from labctl.lab.accel import choose_accel
-    from labctl.ops.doctor import refuse_if_blocked, run_checks
+    from labctl.ops import lifecycle
     from labctl.ops.imagesupply import image_for_lab
-    from labctl.ops.lifecycle import remove_seeds
-    from labctl.ops.lifecycle import up as apply_up
+    from labctl.ops.preflight import refuse_unready_host
 
     the_plan = ctx.plan()
-    backend = ctx.backend()
-    accel = choose_accel(the_plan.lab.accel, backend.host_facts())
-    if accel.domain_type == "qemu":
-        ctx.report(f"accelerator: {accel.reason}")
-    facts = gather_facts(the_plan, lambda: backend, backend.conn.getURI(), probes=Probes(host_facts=backend.host_facts))
-    refuse_if_blocked(run_checks(the_plan, facts))
-    image = image_for_lab(the_plan.lab, quiet=ctx.quiet)
-    with ctx.locked(the_plan.lab, "up"):
-        result = apply_up(the_plan, backend, ctx.state(the_plan.lab), image, accel.domain_type, ctx.report)
-        if not wait:
-            ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
-            return
-        await_ready(ctx, backend, the_plan.nodes, result.console_offsets, timeout)
-        remove_seeds(the_plan, backend, result.lab_id, ctx.report)
-    ctx.report(f"lab {the_plan.lab.name}: {len(the_plan.nodes)} nodes ready"
-               + ("" if result.changes else " (nothing changed)"))
+    lab = the_plan.lab
+    result = lifecycle.up(the_plan, ctx.backend(lab), ctx.state(lab), ctx.events(),
+                          supply_image=lambda lab: image_for_lab(lab, quiet=ctx.quiet), gate=refuse_unready_host,
+                          wait=wait, timeout=timeout)
+    if not result.ready:
+        ctx.report(f"lab {lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
+        return
+    ctx.report(f"lab {lab.name}: {len(the_plan.nodes)} nodes ready" + ("" if result.changes else " (nothing changed)"))
 
 
 @cli.command()
@@ -114,7 +117,7 @@ def status(ctx: Context, output: str) -> None:
     from labctl.ops.lifecycle import status as lab_status
 
     the_plan = ctx.plan()
-    rows = lab_status(the_plan, ctx.backend(), ctx.state(the_plan.lab))
+    rows = lab_status(the_plan, ctx.backend(the_plan.lab), ctx.state(the_plan.lab))
     if output == "json":
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
     else:
@@ -125,14 +128,13 @@ def status(ctx: Context, output: str) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask.")
 @pass_ctx
 def destroy(ctx: Context, yes: bool) -> None:
-    """Remove the lab's domains, disks, seeds and networks (the shared base image stays)."""
+    """Remove the lab's nodes, disks, seeds and networks (the shared base image stays)."""
     from labctl.ops.lifecycle import destroy as lab_destroy
 
     lab = ctx.lab()
     if not yes and sys.stdin.isatty():
         click.confirm(f"Destroy lab {lab.name} and everything it created?", abort=True, err=True)
-    with ctx.locked(lab, "destroy"):
-        removed = lab_destroy(lab.name, ctx.backend(), ctx.state(lab), ctx.report)
+    removed = lab_destroy(lab.name, ctx.backend(lab), ctx.state(lab), ctx.events())
     ctx.report(f"lab {lab.name}: removed {len(removed)} objects" if removed
                else f"lab {lab.name}: nothing to remove")
 
@@ -151,11 +153,9 @@ register_host_commands(cli)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one place where errors become one line on stderr and an exit code."""
-    args = argv if argv is not None else sys.argv[1:]
-    debug = "--debug" in args or bool(os.environ.get("LABCTL_DEBUG"))
-    verbose = "--verbose" in args or "-v" in args
+    options = Context()  # filled in by the group: --debug and --verbose as click parsed them
     try:
-        code = cli.main(args=argv, prog_name="labctl", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="labctl", standalone_mode=False, obj=options)
         if isinstance(code, int) and code:  # ctx.exit(n) returns n when not standalone
             sys.exit(code)
     except click.exceptions.Exit as done:
@@ -165,17 +165,21 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted()
     except Exception as err:  # noqa: BLE001 - the one place that turns any error into one line
-        if debug:
-            traceback.print_exc()
-        if isinstance(err, LabError):
-            click.echo(f"labctl: error: {err}", err=True)
-            if verbose and err.__cause__ is not None:
-                click.echo(f"labctl: raw error: {type(err.__cause__).__name__}: {_one_line(str(err.__cause__))}",
-                           err=True)
-            sys.exit(err.exit_code)
-        first = _one_line(str(err))[:300]
-        click.echo(f"labctl: error: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)
-        sys.exit(1)
+        sys.exit(_one_error(err, options))
+
+
+def _one_error(err: Exception, options: Context) -> int:
+    if options.debug:
+        traceback.print_exc()
+    if isinstance(err, LabError):
+        click.echo(f"labctl: error: {err}", err=True)
+        if options.verbose and err.__cause__ is not None:
+            click.echo(f"labctl: raw error: {type(err.__cause__).__name__}: {_one_line(str(err.__cause__))}",
+                       err=True)
+        return err.exit_code
+    first = _one_line(str(err))[:300]
+    click.echo(f"labctl: error: internal error: {type(err).__name__}: {first} (rerun with --debug)", err=True)
+    return 1
 
 
 def _click_error(err: click.ClickException | click.Abort) -> int:

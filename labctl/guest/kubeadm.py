@@ -11,10 +11,9 @@ from typing import Any
 import yaml
 
 from labctl.errors import ConfigError, LabError
-from labctl.lab.plan import NodePlan, Plan
+from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.pki.secrets import TOKEN, LabSecrets
 
-API_PORT = 6443
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 BOOTSTRAP_TTL = "24h0m0s"  # joins happen during the first boot; the token is useless a day later
 TOKEN_GROUPS = ["system:bootstrappers:kubeadm:default-node-token"]

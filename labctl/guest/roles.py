@@ -15,8 +15,8 @@ from ipaddress import IPv4Network
 import yaml
 
 from labctl.errors import ConfigError, LabError
-from labctl.guest.kubeadm import API_PORT, kubernetes_minor, render_kubeadm_config
-from labctl.lab.plan import NodePlan, Plan
+from labctl.guest.kubeadm import kubernetes_minor, render_kubeadm_config
+from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.pki.secrets import LabSecrets
 from labctl.resources import read_text
 

@@ -1,17 +1,13 @@
 """NoCloud seeds: contents rendered from the plan (pure), and the ISO written with pycdlib."""
 
 import io
+import struct
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from types import SimpleNamespace
+from collections.abc import Mapping
 from typing import Any
-from unittest import mock
 
 import pycdlib
 import pycdlib.dates
-import pycdlib.headervd
-import pycdlib.pycdlib
 import yaml
 
 from labctl.errors import LabError
@@ -122,33 +118,82 @@ def render_seed(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, by
     }
 
 
-@contextmanager
-def _fixed_clock() -> Iterator[None]:
-    """pycdlib stamps every record with time.time()/localtime(); pin them for byte-identical ISOs."""
-    clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    clock.time = lambda: float(FIXED_EPOCH)
-    clock.localtime = time.gmtime
-    with (
-        mock.patch.object(pycdlib.pycdlib, "time", clock),
-        mock.patch.object(pycdlib.headervd, "time", clock),
-        mock.patch.object(pycdlib.dates, "time", clock),
-    ):
-        yield
+def _pin_dates(iso: pycdlib.PyCdlib, seconds: int = FIXED_EPOCH) -> int:
+    """Set every date the ISO will carry (volume descriptors, directory records, Rock Ridge times) to
+    ``seconds`` UTC, so equal files give byte-identical ISOs; how many dates were set.
+
+    pycdlib stamps records with the current local time as it creates them; the dates are found by
+    walking the objects reachable from ``iso`` (pycdlib's own, with ``__slots__``) before it writes."""
+    when = time.gmtime(seconds)
+    stamp = _volume_date(seconds)
+    pinned, seen = 0, set()
+    todo: list[object] = [iso]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, bytearray, int, float, io.IOBase)) or obj is None:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, pycdlib.dates.DirectoryRecordDate):
+            obj.years_since_1900, obj.month, obj.day_of_month = when.tm_year - 1900, when.tm_mon, when.tm_mday
+            obj.hour, obj.minute, obj.second, obj.gmtoffset = when.tm_hour, when.tm_min, when.tm_sec, 0
+            pinned += 1
+        elif isinstance(obj, pycdlib.dates.VolumeDescriptorDate):
+            if obj.date_str != pycdlib.dates.VolumeDescriptorDate.EMPTY_STRING:  # "not specified" stays so
+                obj.year, obj.month, obj.dayofmonth = when.tm_year, when.tm_mon, when.tm_mday
+                obj.hour, obj.minute, obj.second = when.tm_hour, when.tm_min, when.tm_sec
+                obj.hundredthsofsecond, obj.gmtoffset, obj.date_str = 0, 0, stamp
+                pinned += 1
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set)):
+            todo.extend(obj)
+        elif type(obj).__module__.startswith("pycdlib"):
+            todo.extend(getattr(obj, name, None) for name in _attribute_names(type(obj)))
+    return pinned
+
+
+def _volume_date(seconds: int) -> bytes:
+    """A volume descriptor date (17 bytes: YYYYMMDDhhmmss, hundredths, GMT offset) of ``seconds`` UTC."""
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds)).encode() + b"00" + struct.pack("=b", 0)
+
+
+def _attribute_names(cls: type) -> list[str]:
+    names = [name for klass in cls.__mro__ for name in getattr(klass, "__slots__", ())]
+    return names or list(getattr(cls, "__annotations__", {}))
 
 
 def build_seed_iso(files: Mapping[str, bytes]) -> bytes:
     """A NoCloud ``cidata`` ISO (ISO9660 level 3 + Joliet + Rock Ridge) holding ``files``."""
     iso = pycdlib.PyCdlib()
     out = io.BytesIO()
-    with _fixed_clock():
-        iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
-        for name in sorted(files):
-            data = files[name]
-            iso_name = "/" + name.upper().replace("-", "_")[:8] + ".;1"
-            iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path="/" + name)
-        iso.write_fp(out)
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name in sorted(files):
+        data = files[name]
+        iso_name = "/" + name.upper().replace("-", "_")[:8] + ".;1"
+        iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path="/" + name)
+    _pin_dates(iso)
+    iso.write_fp(out)
     iso.close()
-    return out.getvalue()
+    return _pin_modification_dates(out.getbuffer())
+
+
+# ECMA-119: volume descriptors from sector 16 (type byte first; 1 primary, 2 supplementary such as
+# Joliet's, 255 the set terminator), each with its Volume Modification Date at bytes 830-846.
+SECTOR = 2048
+VD_FIRST_SECTOR = 16
+VD_MODIFIED = slice(830, 847)
+
+
+def _pin_modification_dates(image: memoryview, seconds: int = FIXED_EPOCH) -> bytes:
+    """pycdlib stamps each volume descriptor's modification date as it writes it: set those too."""
+    stamp = _volume_date(seconds)
+    data = bytearray(image)
+    offset = VD_FIRST_SECTOR * SECTOR
+    while offset + SECTOR <= len(data) and data[offset] != 255:
+        if data[offset] in (1, 2):
+            data[offset + VD_MODIFIED.start:offset + VD_MODIFIED.stop] = stamp
+        offset += SECTOR
+    return bytes(data)
 
 
 def read_seed_iso(data: bytes) -> dict[str, bytes]:

@@ -39,7 +39,7 @@ import yaml
 from labctl.errors import ConfigError, ImageError
 from labctl.image.aptsources import AptSource, read_host_sources, resolve_sources
 from labctl.image.cache import Digester
-from labctl.lab.catalog import suggestion
+from labctl.lab.validate import suggestion
 from labctl.resources import data_file
 
 SUPPORTED_SUITES = ("bookworm", "trixie")

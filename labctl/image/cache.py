@@ -14,7 +14,6 @@ image has one key and labs can name it as ``sha512:<hex>`` in their ``lab.json``
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -27,10 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labctl.errors import ImageError, StateError
-from labctl.lab.catalog import suggestion
+from labctl.fsutil import atomic_write
+from labctl.lab.catalog import ImageSpec
+from labctl.lab.lock import host_lock
+from labctl.lab.validate import suggestion
 from labctl.paths import cache_root, data_root
 
 CHUNK = 1 << 20
+TRANSFER_LOCK_TIMEOUT = 6 * 3600.0  # another labctl may be downloading the same image over a slow link
 _HEX = re.compile(r"[0-9a-f]+\Z")
 _ROLE = re.compile(r"[a-z][a-z0-9_-]*\Z")
 
@@ -106,9 +109,7 @@ def check_digest(digests: Mapping[str, str], algo: str, expected: str, origin: s
 
 def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON so readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
 
 
 class ImageCache:
@@ -140,9 +141,7 @@ class ImageCache:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Serialise work on ``name`` between labctl processes."""
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
-        with (self.partial_dir / f"{name}.lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with host_lock(self.partial_dir / f"{name}.lock", timeout=TRANSFER_LOCK_TIMEOUT):
             yield
 
     def images(self) -> list[CachedImage]:
@@ -171,6 +170,14 @@ class ImageCache:
             ):
                 return image
         return None
+
+    def find_spec(self, spec: ImageSpec) -> CachedImage | None:
+        """The cached image a lab.yaml ``image:`` names: by its digest, its local source or its URL."""
+        if spec.algo and spec.digest:
+            return self.find(spec.algo, spec.digest)
+        if spec.path is not None:
+            return self.find_by_source(spec.path)
+        return self.find_by_url(str(spec.url))
 
     def commit(
         self,

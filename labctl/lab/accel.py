@@ -13,10 +13,18 @@ class HostFacts:
     modules: frozenset[str]  # loaded kernel modules of interest
 
 
+KVM = "kvm"
+TCG = "tcg"  # QEMU's software emulation
+
+
 @dataclass(frozen=True)
 class Accel:
-    domain_type: str  # libvirt <domain type=…>: "kvm" or "qemu" (TCG)
+    kind: str  # KVM or TCG; a backend maps it to its own setting (libvirt: <domain type="kvm|qemu">)
     reason: str
+
+    @property
+    def emulated(self) -> bool:
+        return self.kind == TCG
 
 
 def read_host_facts(sys_module: Path = Path("/sys/module"), dev_kvm: Path = Path("/dev/kvm")) -> HostFacts:
@@ -28,15 +36,15 @@ def read_host_facts(sys_module: Path = Path("/sys/module"), dev_kvm: Path = Path
 def choose_accel(requested: str, facts: HostFacts) -> Accel:
     """Resolve ``accel: auto|kvm|tcg`` against the host."""
     if requested == "tcg":
-        return Accel("qemu", "TCG requested (software emulation)")
+        return Accel(TCG, "TCG requested (software emulation)")
     usable = facts.kvm_device and bool(facts.modules & {"kvm_intel", "kvm_amd"})
     if requested == "kvm":
         if not usable:
             raise ConfigError("accel", "kvm requested but KVM is not usable here (" + _why_not(facts) + "); use tcg")
-        return Accel("kvm", "KVM requested")
+        return Accel(KVM, "KVM requested")
     if usable:
-        return Accel("kvm", "KVM available")
-    return Accel("qemu", f"using TCG, software emulation, several times slower: {_why_not(facts)}")
+        return Accel(KVM, "KVM available")
+    return Accel(TCG, f"using TCG, software emulation, several times slower: {_why_not(facts)}")
 
 
 def _why_not(facts: HostFacts) -> str:

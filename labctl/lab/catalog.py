@@ -6,10 +6,9 @@ Everything here is pure: it reads the shipped catalog but touches no network.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
@@ -18,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from labctl.errors import ConfigError, ImageError
+from labctl.lab.validate import kind, suggestion
+from labctl.lab.validate import mapping as as_mapping
 from labctl.paths import cache_root
 from labctl.resources import data_file
 
@@ -84,12 +85,6 @@ class Catalog:
             raise ConfigError(field, f"unknown image {name!r}", hint) from None
 
 
-def suggestion(word: str, choices: Iterable[str]) -> str | None:
-    """A "did you mean" hint for a mistyped key or name, or None."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean {close[0]!r}?" if close else None
-
-
 def url_basename(url: str) -> str:
     return PurePosixPath(unquote(urlsplit(url).path)).name
 
@@ -108,14 +103,14 @@ def load_catalog(source: Traversable | None = None) -> Catalog:
 
 def parse_catalog(data: object, origin: str = "catalog.yaml") -> Catalog:
     """Validate catalog data (``version``, ``default``, ``images: {name: entry}``)."""
-    top = _mapping(data, origin)
-    _check_keys(top, ("version", "default", "images"), origin)
-    entries = _mapping(top.get("images"), f"{origin}:images")
+    top = as_mapping(data, origin, ("version", "default", "images"), empty_ok=False)
+    entries = as_mapping(top.get("images"), f"{origin}:images", tuple(map(str, top.get("images") or ())),
+                      empty_ok=False)
     images = {}
     for name, entry in entries.items():
         field = f"{origin}:images.{name}"
         _check_name(name, field)
-        spec = _spec_from_mapping(_mapping(entry, field), field, name=str(name))
+        spec = _spec_from_mapping(as_mapping(entry, field, _KEYS, empty_ok=False), field, name=str(name))
         if spec.url is None:
             raise ConfigError(field, "catalog entries need a url")
         images[str(name)] = spec
@@ -147,7 +142,7 @@ def resolve_image(
         return catalog.get(name, field)
     if isinstance(value, Mapping):
         return _spec_from_mapping(value, field, base_dir=base_dir)
-    raise ConfigError(field, f"expected an image name or a mapping with url or path, not {_kind(value)}")
+    raise ConfigError(field, f"expected an image name or a mapping with url or path, not {kind(value)}")
 
 
 def built_manifest(name: str) -> Path:
@@ -189,7 +184,7 @@ def parse_checksums(text: str, filename: str, origin: str) -> tuple[str, str]:
 def _spec_from_mapping(
     mapping: Mapping, field: str, *, name: str | None = None, base_dir: Path | None = None
 ) -> ImageSpec:
-    _check_keys(mapping, _KEYS, field)
+    as_mapping(mapping, field, _KEYS, empty_ok=False)
     url, path = _source(mapping, field, base_dir)
     algo, digest, checksums_url = _verification(mapping, field)
     filename = url_basename(url) if url else path.name if path else ""
@@ -274,7 +269,7 @@ def _path(mapping: Mapping, key: str, field: str, base_dir: Path | None) -> Path
 def _string(mapping: Mapping, key: str, field: str) -> str | None:
     value = mapping.get(key)
     if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{field}.{key}", f"must be a string, not {_kind(value)}")
+        raise ConfigError(f"{field}.{key}", f"must be a string, not {kind(value)}")
     return value
 
 
@@ -284,18 +279,6 @@ def _choice(mapping: Mapping, key: str, choices: tuple[str, ...], field: str, de
         hint = suggestion(value, choices) or f"one of {', '.join(choices)}"
         raise ConfigError(f"{field}.{key}", f"unknown {key} {value!r}", hint)
     return value
-
-
-def _mapping(value: object, field: str) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise ConfigError(field, f"expected a mapping, not {_kind(value)}")
-    return value
-
-
-def _check_keys(mapping: Mapping, allowed: tuple[str, ...], field: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{field}.{key}", "unknown key", suggestion(str(key), allowed))
 
 
 def _check_name(name: object, field: str) -> None:
@@ -309,8 +292,3 @@ def _name_from_filename(filename: str) -> str:
         stem = stem.removesuffix(suffix)
     stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).strip(".-_+")
     return stem[:128] if stem else "image"
-
-
-def _kind(value: object) -> str:
-    names = {type(None): "nothing", list: "a list", dict: "a mapping", bool: "a boolean", int: "a number"}
-    return names.get(type(value), type(value).__name__)

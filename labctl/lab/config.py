@@ -4,9 +4,7 @@ Every error is a :class:`ConfigError` whose message starts with the key path,
 e.g. ``nodes.worker.memory: expected MiB ≥ 512, got "2G"``.
 """
 
-import difflib
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -18,7 +16,8 @@ import yaml
 
 from labctl.errors import ConfigError
 from labctl.lab.catalog import resolve_image
-from labctl.lab.model import ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
+from labctl.lab.model import BACKEND_NAMES, ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
+from labctl.lab.validate import choice, fail, kind, mapping, shown, string
 
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 DNS_NAME = re.compile(r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
@@ -28,7 +27,7 @@ LAB_NAME_MAX = 20  # keeps <lab>-<node> within hostname and libvirt limits
 MAX_WORKERS = 50
 MAX_CONFIG_BYTES = 1 << 20
 
-TOP_KEYS = ("name", "domain", "user", "accel", "image", "apt_mirror", "networks", "nodes", "kubernetes")
+TOP_KEYS = ("name", "domain", "user", "backend", "accel", "image", "apt_mirror", "networks", "nodes", "kubernetes")
 NETWORK_KEYS = {"nat": ("cidr",), "internal": ("cidr", "mode", "bridge")}
 ROLE_KEYS = {
     "gateway": ("cpus", "memory", "disk"),
@@ -106,7 +105,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     if data is None:
         raise ConfigError(source, "empty file; run `labctl init` for a starting point")
     if not isinstance(data, dict):
-        raise ConfigError(source, f"expected a mapping of settings, got {_kind(data)}")
+        raise ConfigError(source, f"expected a mapping of settings, got {kind(data)}")
     return data
 
 
@@ -123,68 +122,24 @@ def _merge(base: dict[str, Any], override: Mapping[Any, Any]) -> dict[str, Any]:
 # --- value checkers -------------------------------------------------------------------------
 
 
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value[:60], ensure_ascii=False)
-    if isinstance(value, (dict, list)):
-        return _kind(value)
-    return str(value).lower() if isinstance(value, bool) or value is None else str(value)[:60]
-
-
-def _fail(path: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(path, f"expected {expected}, got {_shown(value)}")
-
-
-def _mapping(value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(path, "a mapping", value)
-    for key in value:
-        if not isinstance(key, str) or key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"valid keys: {', '.join(allowed)}"
-            raise ConfigError(where, f"unknown key; {hint}")
-    return value
-
-
 def _int(value: Any, path: str, low: int, high: int, unit: str = "") -> int:
     what = f"{unit} {low}–{high}".strip() if unit else f"an integer {low}–{high}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, what if not unit else f"{unit} ≥ {low}", value)
+        raise fail(path, what if not unit else f"{unit} ≥ {low}", value)
     if value < low:
-        raise _fail(path, f"{unit} ≥ {low}" if unit else what, value)
+        raise fail(path, f"{unit} ≥ {low}" if unit else what, value)
     if value > high:
-        raise _fail(path, f"{unit} ≤ {high}" if unit else what, value)
-    return value
-
-
-def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _fail(path, "one of " + ", ".join(choices), value)
-    return value
-
-
-def _string(value: Any, path: str, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
-        raise _fail(path, what, value)
+        raise fail(path, f"{unit} ≤ {high}" if unit else what, value)
     return value
 
 
 def _cidr(value: Any, path: str) -> IPv4Network:
     if not isinstance(value, str):
-        raise _fail(path, "an IPv4 CIDR such as 10.1.0.0/24", value)
+        raise fail(path, "an IPv4 CIDR such as 10.1.0.0/24", value)
     try:
         return IPv4Network(value, strict=True)
     except ValueError as err:
-        raise ConfigError(path, f"expected an IPv4 CIDR such as 10.1.0.0/24, got {_shown(value)} ({err})") from err
+        raise ConfigError(path, f"expected an IPv4 CIDR such as 10.1.0.0/24, got {shown(value)} ({err})") from err
 
 
 # --- sections --------------------------------------------------------------------------------
@@ -197,46 +152,47 @@ def derived_cidrs(lab_name: str) -> tuple[IPv4Network, IPv4Network]:
 
 
 def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
-    data = _mapping(data, "", TOP_KEYS)
-    name = _string(data.get("name"), "name", DNS_LABEL, f"a DNS-1123 label (a-z, 0-9, -) of ≤ {LAB_NAME_MAX} chars")
+    data = mapping(data, "", TOP_KEYS)
+    name = string(data.get("name"), "name", DNS_LABEL, f"a DNS-1123 label (a-z, 0-9, -) of ≤ {LAB_NAME_MAX} chars")
     if len(name) > LAB_NAME_MAX:
-        raise _fail("name", f"a DNS-1123 label of ≤ {LAB_NAME_MAX} chars", name)
+        raise fail("name", f"a DNS-1123 label of ≤ {LAB_NAME_MAX} chars", name)
     domain = data.get("domain") or f"{name}.internal"
-    _string(domain, "domain", DNS_NAME, "a DNS domain such as k8s.internal")
-    user = _string(data.get("user"), "user", USER_NAME, "a POSIX user name such as lab")
+    string(domain, "domain", DNS_NAME, "a DNS domain such as k8s.internal")
+    user = string(data.get("user"), "user", USER_NAME, "a POSIX user name such as lab")
     if user == "root":
         raise ConfigError("user", "must not be root; the lab user gets sudo")
     mirror = data.get("apt_mirror")
     if mirror is not None:
-        _string(mirror, "apt_mirror", HTTP_URL, "an http(s) URL")
+        string(mirror, "apt_mirror", HTTP_URL, "an http(s) URL")
     image = data.get("image")
     if not isinstance(image, (str, dict)) or not image:
-        raise _fail("image", "a catalog name or a mapping with url or path", image)
+        raise fail("image", "a catalog name or a mapping with url or path", image)
     image_spec = resolve_image(image, "image", base_dir=base_dir)
     nat, internal = _networks(data.get("networks"), name)
     kubernetes = _kubernetes(data.get("kubernetes"))
     roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
     _check_overlaps(nat, internal, kubernetes)
-    accel = _choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
-    return Lab(name, domain, user, accel, image_spec, mirror, nat, internal, roles, kubernetes)
+    accel = choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
+    backend = choice(data.get("backend"), "backend", BACKEND_NAMES)
+    return Lab(name, domain, user, accel, image_spec, mirror, nat, internal, roles, kubernetes, backend)
 
 
 def _networks(value: Any, lab_name: str) -> tuple[NetworkSpec, NetworkSpec]:
-    section = _mapping(value, "networks", ("nat", "internal"))
+    section = mapping(value, "networks", ("nat", "internal"))
     nat_default, internal_default = derived_cidrs(lab_name)
-    nat = _mapping(section.get("nat"), "networks.nat", NETWORK_KEYS["nat"])
-    internal = _mapping(section.get("internal"), "networks.internal", NETWORK_KEYS["internal"])
+    nat = mapping(section.get("nat"), "networks.nat", NETWORK_KEYS["nat"])
+    internal = mapping(section.get("internal"), "networks.internal", NETWORK_KEYS["internal"])
     nat_cidr = _cidr(nat["cidr"], "networks.nat.cidr") if "cidr" in nat else nat_default
     internal_cidr = _cidr(internal["cidr"], "networks.internal.cidr") if "cidr" in internal else internal_default
     for path, cidr, longest in (("networks.nat.cidr", nat_cidr, 29), ("networks.internal.cidr", internal_cidr, 24)):
         if not 16 <= cidr.prefixlen <= longest:
-            raise _fail(path, f"a prefix length from /16 to /{longest}", str(cidr))
+            raise fail(path, f"a prefix length from /16 to /{longest}", str(cidr))
         if not cidr.is_private:
-            raise _fail(path, "a private range (10/8, 172.16/12, 192.168/16)", str(cidr))
-    mode = _choice(internal.get("mode", "isolated"), "networks.internal.mode", ("isolated", "bridge"))
+            raise fail(path, "a private range (10/8, 172.16/12, 192.168/16)", str(cidr))
+    mode = choice(internal.get("mode", "isolated"), "networks.internal.mode", ("isolated", "bridge"))
     bridge = internal.get("bridge")
     if mode == "bridge":
-        bridge = _string(bridge, "networks.internal.bridge", re.compile(r"^[A-Za-z0-9_.-]{1,15}$"),
+        bridge = string(bridge, "networks.internal.bridge", re.compile(r"^[A-Za-z0-9_.-]{1,15}$"),
                          "the name of an existing host bridge (e.g. br0) for mode bridge")
     elif bridge is not None:
         raise ConfigError("networks.internal.bridge", "only valid with mode: bridge")
@@ -244,20 +200,20 @@ def _networks(value: Any, lab_name: str) -> tuple[NetworkSpec, NetworkSpec]:
 
 
 def _kubernetes(value: Any) -> KubernetesSpec:
-    section = _mapping(value, "kubernetes", K8S_KEYS)
+    section = mapping(value, "kubernetes", K8S_KEYS)
     version = section.get("version")
     if isinstance(version, float):  # YAML reads 1.31 unquoted as a float
-        raise _fail("kubernetes.version", 'a quoted version such as "1.31"', version)
-    version = _string(version, "kubernetes.version", K8S_VERSION, 'a Kubernetes version such as "1.31" or "1.31.4"')
+        raise fail("kubernetes.version", 'a quoted version such as "1.31"', version)
+    version = string(version, "kubernetes.version", K8S_VERSION, 'a Kubernetes version such as "1.31" or "1.31.4"')
     enforce = section.get("enforce_minimums")
     if not isinstance(enforce, bool):
-        raise _fail("kubernetes.enforce_minimums", "true or false", enforce)
+        raise fail("kubernetes.enforce_minimums", "true or false", enforce)
     return KubernetesSpec(
         version=version,
         pod_cidr=_cidr(section.get("pod_cidr"), "kubernetes.pod_cidr"),
         service_cidr=_cidr(section.get("service_cidr"), "kubernetes.service_cidr"),
-        cni=_choice(section.get("cni"), "kubernetes.cni", ("flannel", "calico")),
-        etcd=_choice(section.get("etcd"), "kubernetes.etcd", ("stacked",)),
+        cni=choice(section.get("cni"), "kubernetes.cni", ("flannel", "calico")),
+        etcd=choice(section.get("etcd"), "kubernetes.etcd", ("stacked",)),
         enforce_minimums=enforce,
         cni_manifest=_cni_manifest(section.get("cni_manifest")),
     )
@@ -266,9 +222,9 @@ def _kubernetes(value: Any) -> KubernetesSpec:
 def _cni_manifest(value: Any) -> tuple[str, str] | None:
     if value is None:
         return None
-    entry = _mapping(value, "kubernetes.cni_manifest", ("url", "sha256"))
-    url = _string(entry.get("url"), "kubernetes.cni_manifest.url", HTTP_URL, "an http(s) URL")
-    digest = _string(entry.get("sha256"), "kubernetes.cni_manifest.sha256", SHA256_HEX, "64 lowercase hex digits")
+    entry = mapping(value, "kubernetes.cni_manifest", ("url", "sha256"))
+    url = string(entry.get("url"), "kubernetes.cni_manifest.url", HTTP_URL, "an http(s) URL")
+    digest = string(entry.get("sha256"), "kubernetes.cni_manifest.sha256", SHA256_HEX, "64 lowercase hex digits")
     return url, digest
 
 
@@ -287,11 +243,11 @@ def _count_check(role: str) -> Callable[[Any, str], int]:
 
 
 def _roles(value: Any, enforce_minimums: bool) -> tuple[RoleSpec, ...]:
-    section = _mapping(value, "nodes", ROLES)
+    section = mapping(value, "nodes", ROLES)
     specs = []
     for role in ROLES:
         path = f"nodes.{role}"
-        entry = _mapping(section.get(role), path, ROLE_KEYS[role])
+        entry = mapping(section.get(role), path, ROLE_KEYS[role])
         count = _count_check(role)(entry.get("count", 1), f"{path}.count")
         min_cpus, min_memory = (2, 1700) if role == "master" and enforce_minimums else (1, 512)
         cpus = _int(entry.get("cpus"), f"{path}.cpus", min_cpus, 64, "vCPUs")

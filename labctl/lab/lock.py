@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labctl.errors import LabError
+from labctl.fsutil import wait_for_flock
 from labctl.lab.state import LabState
+
+LAB_LOCK_WAIT = 5.0  # seconds a command waits for another one on the same lab before refusing
 
 
 class BusyError(LabError):
@@ -25,24 +28,17 @@ def lab_lock(
     state: LabState,
     command: str,
     *,
-    wait: float = 5.0,
+    wait: float | None = None,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> Iterator[None]:
-    """Hold the lab's lock for the duration; wait up to ``wait`` seconds, then refuse."""
+    """Hold the lab's lock for the duration; wait up to ``wait`` seconds (default
+    :data:`LAB_LOCK_WAIT`), then refuse."""
     state.ensure()
     path = state.root / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = clock() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if clock() >= deadline:
-                    raise _busy(state.name, fd) from None
-                sleep(0.2)
+        wait_for_flock(fd, LAB_LOCK_WAIT if wait is None else wait, clock, sleep, lambda: _busy(state.name, fd))
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode(), 0)
         try:
@@ -70,15 +66,8 @@ def host_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise BusyError(f"{path} is held by another labctl for over {int(timeout)}s") from None
-                time.sleep(0.2)
+        wait_for_flock(fd, timeout, time.monotonic, time.sleep,
+                       lambda: BusyError(f"{path} is held by another labctl for over {int(timeout)}s"))
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ from ipaddress import IPv4Network
 from labctl.lab.catalog import ImageSpec
 
 ROLES = ("gateway", "lb", "master", "worker")
+BACKEND_NAMES = ("libvirt",)  # the names labctl.backends opens
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Lab:
     internal: NetworkSpec
     roles: tuple[RoleSpec, ...]
     kubernetes: KubernetesSpec
+    backend: str = "libvirt"
 
     def role(self, name: str) -> RoleSpec:
         return next(spec for spec in self.roles if spec.role == name)

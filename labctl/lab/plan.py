@@ -15,17 +15,18 @@ ROLE_OFFSETS = {"lb": 11, "master": 21, "worker": 31}
 INTERNAL_HOST_OFFSET = 254
 NAT_HOST_OFFSET = 1  # libvirt's side of the NAT network
 NAT_GATEWAY_OFFSET = 2
+API_PORT = 6443  # the Kubernetes API, on the load balancer(s) and every master
 LABCTL_UUID_NAMESPACE = uuid.UUID("6f1c3f0e-7a43-4d0a-9c5e-1b4c2f6a9d10")
 
 
 @dataclass(frozen=True)
 class NetworkPlan:
     key: str  # "nat" or "internal"
-    libvirt_name: str
+    name: str  # <lab>-<key>: what the hypervisor calls it
     mode: str  # "nat", "isolated" or "bridge"
     cidr: IPv4Network
     host_address: IPv4Interface | None  # the host's address on it; None when bridged
-    bridge: str  # bridge device: ours (≤ 15 chars) or the user's host bridge
+    host_bridge: str | None  # bridge mode: the user's existing host bridge
     uuid: str
 
 
@@ -91,26 +92,21 @@ def derive_uuid(lab: str, *parts: str) -> str:
 
 def plan_networks(lab: Lab) -> tuple[NetworkPlan, ...]:
     """The NAT network and the internal network of the lab."""
-    short = hashlib.sha256(lab.name.encode()).hexdigest()[:8]
+    internal_host = None if lab.internal.mode == "bridge" else offset_address(lab.internal.cidr, INTERNAL_HOST_OFFSET)
     return (
-        _network_plan(lab, lab.nat, f"lc{short}-n", offset_address(lab.nat.cidr, NAT_HOST_OFFSET)),
-        _network_plan(
-            lab,
-            lab.internal,
-            lab.internal.bridge or f"lc{short}-i",
-            None if lab.internal.mode == "bridge" else offset_address(lab.internal.cidr, INTERNAL_HOST_OFFSET),
-        ),
+        _network_plan(lab, lab.nat, offset_address(lab.nat.cidr, NAT_HOST_OFFSET)),
+        _network_plan(lab, lab.internal, internal_host),
     )
 
 
-def _network_plan(lab: Lab, spec: NetworkSpec, bridge: str, host: IPv4Interface | None) -> NetworkPlan:
+def _network_plan(lab: Lab, spec: NetworkSpec, host: IPv4Interface | None) -> NetworkPlan:
     return NetworkPlan(
         key=spec.key,
-        libvirt_name=f"{lab.name}-{spec.key}",
+        name=f"{lab.name}-{spec.key}",
         mode=spec.mode,
         cidr=spec.cidr,
         host_address=host,
-        bridge=bridge,
+        host_bridge=spec.bridge,
         uuid=derive_uuid(lab.name, "network", spec.key),
     )
 

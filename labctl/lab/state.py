@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from labctl.errors import StateError
+from labctl.fsutil import atomic_write
 from labctl.paths import data_root
 
 SECRET_MODE = 0o600
@@ -19,13 +20,8 @@ DIR_MODE = 0o700
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from the first byte on (no window of wider access)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers must not share it
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, SECRET_MODE)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically with mode 0600 from the first byte on."""
+    atomic_write(path, data, SECRET_MODE)
 
 
 @dataclass(frozen=True)

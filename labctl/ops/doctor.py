@@ -1,19 +1,18 @@
 """`labctl doctor`: is this host ready for the lab? One line per check, OK/WARN/FAIL with the fix.
 
 The checks are pure functions of the plan and of gathered facts (so tests fake the host); FAIL is
-what `up` refuses on (:func:`blocking_failures`). Gathering lives in :mod:`labctl.backends.libvirt.facts`.
+what `up` refuses on (:func:`blocking_failures`). Gathering lives in :mod:`labctl.ops.preflight`.
 """
 
 import json
-import xml.etree.ElementTree as ET
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any, Literal
 
-from labctl.backends.libvirt.xml import read_tag
+from labctl.backends.base import ForeignNetwork, HypervisorFacts, Tool
 from labctl.errors import ConfigError, LabError
-from labctl.lab.accel import HostFacts, choose_accel
+from labctl.lab.accel import KVM, HostFacts, choose_accel
 from labctl.lab.plan import NetworkPlan, Plan
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -50,30 +49,19 @@ class Route:
 
 
 @dataclass(frozen=True)
-class LibvirtNetwork:
-    name: str
-    lab: str | None  # the lab in its labctl tag; None when labctl did not make it
-    cidrs: tuple[IPv4Network, ...]
-
-
-@dataclass(frozen=True)
 class Facts:
     """What the checks look at. None means "could not be checked" (say, on a remote hypervisor)."""
 
-    uri: str
-    local: bool
-    libvirt_error: str | None = None  # None once connected
-    libvirt_fix: str = ""
-    accel: HostFacts | None = None
-    qemu_img: bool | None = None
-    mem_available_mib: int | None = None
-    defined: frozenset[str] = frozenset()  # the lab's nodes whose domains exist
-    running: frozenset[str] = frozenset()  # … and are running
-    disk_free: int | None = None  # bytes free where the pool is (or will be)
+    backend: str  # the backend's name: "libvirt", "virtualbox"
+    target: str  # what it was asked to connect to
+    local: bool  # the hypervisor runs on this host
+    hypervisor: HypervisorFacts | None = None  # None: not connected
+    connect_error: str | None = None
+    connect_fix: str = ""
+    host_accel: HostFacts | None = None  # this host's, where the hypervisor is local
+    mem_available_mib: int | None = None  # this host's, where the hypervisor is local
     routes: tuple[Route, ...] | None = None
     bridges: frozenset[str] | None = None
-    networks: tuple[LibvirtNetwork, ...] | None = None
-    foreign: tuple[str, ...] = ()  # "domain k8s-master1": our names, not tagged as ours
     image: Check = field(default_factory=lambda: Check("image", WARN, "not checked"))
     pycdlib: bool = True
 
@@ -93,36 +81,42 @@ def refuse_if_blocked(checks: Sequence[Check]) -> None:
 
 def run_checks(plan: Plan, facts: Facts) -> list[Check]:
     """Every check, in the order a user would fix them."""
+    hv = facts.hypervisor or HypervisorFacts(facts.target, facts.local)
+    memory = facts.mem_available_mib if facts.local else hv.mem_available_mib
     checks = [
-        check_libvirt(facts),
-        check_accel(plan.lab.accel, facts.accel),
-        check_qemu_img(facts.qemu_img, facts.local),
-        check_memory(plan, facts.mem_available_mib, facts.running),
-        check_disk(plan, facts.disk_free, facts.defined),
-        *check_subnets(plan, facts.routes, facts.local),
+        check_hypervisor(facts),
+        check_accel(plan.lab.accel, hv.accel or facts.host_accel),
+        *(check_tool(tool, facts.local) for tool in hv.tools),
+        check_memory(plan, memory, hv.running),
+        check_disk(plan, hv.disk_free, hv.defined),
+        *check_subnets(plan, facts.routes, facts.local, hv.own_devices),
     ]
     bridge = check_bridge(plan, facts.bridges)
     if bridge is not None:
         checks.append(bridge)
-    checks += [*check_other_labs(plan, facts.networks, facts.foreign), facts.image, check_seed_tooling(facts.pycdlib)]
+    networks = hv.networks if facts.hypervisor and not hv.error else None
+    checks += [*check_other_labs(plan, networks, hv.foreign), facts.image, check_seed_tooling(facts.pycdlib)]
     return checks
 
 
-def check_libvirt(facts: Facts) -> Check:
-    if facts.libvirt_error is None:
-        return Check("libvirt", OK, f"connected to {facts.uri}")
-    return Check("libvirt", FAIL, facts.libvirt_error,
-                 facts.libvirt_fix or "start libvirtd (or virtqemud), or pass the right --connect URI")
+def check_hypervisor(facts: Facts) -> Check:
+    hv = facts.hypervisor
+    if hv is None:
+        return Check(facts.backend, FAIL, facts.connect_error or f"cannot connect to {facts.target}",
+                     facts.connect_fix or "start the hypervisor's service, or pass the right --connect")
+    if hv.error:
+        return Check(facts.backend, FAIL, hv.error, "see the message; the hypervisor answered only in part")
+    return Check(facts.backend, OK, f"connected to {hv.target}")
 
 
 def check_accel(requested: str, facts: HostFacts | None) -> Check:
     if facts is None:
-        return Check("accelerator", WARN, "not checked (libvirt unreachable)")
+        return Check("accelerator", WARN, "not checked (hypervisor unreachable)")
     try:
         accel = choose_accel(requested, facts)
     except ConfigError as err:
         return Check("accelerator", FAIL, str(err), "set accel: auto or tcg in lab.yaml, or " + _kvm_fix(facts))
-    if accel.domain_type == "kvm":
+    if accel.kind == KVM:
         return Check("accelerator", OK, accel.reason)
     if requested == "tcg":
         return Check("accelerator", OK, f"{accel.reason}; {TCG_COST}")
@@ -137,14 +131,14 @@ def _kvm_fix(facts: HostFacts) -> str:
             "and make /dev/kvm usable (group kvm)")
 
 
-def check_qemu_img(present: bool | None, local: bool) -> Check:
-    if present is None:
+def check_tool(tool: Tool, local: bool) -> Check:
+    """A program the backend needs on the hypervisor host."""
+    if tool.present is None:
         where = "on the remote hypervisor" if not local else "here"
-        return Check("qemu-img", WARN, f"not checked {where}", "make sure qemu-img is installed on the hypervisor")
-    if present:
-        return Check("qemu-img", OK, "present (libvirt makes the nodes' copy-on-write disks with it)")
-    return Check("qemu-img", FAIL, "not found; libvirt needs it for the nodes' copy-on-write disks",
-                 "install qemu-utils (Debian/Ubuntu) or qemu-img (Fedora/RHEL)")
+        return Check(tool.name, WARN, f"not checked {where}", f"make sure {tool.name} is installed on the hypervisor")
+    if tool.present:
+        return Check(tool.name, OK, f"present ({tool.purpose})")
+    return Check(tool.name, FAIL, f"not found; {tool.purpose}", tool.install)
 
 
 def _gib(mib_or_bytes: float, unit: int = 1024) -> str:
@@ -185,12 +179,12 @@ def check_disk(plan: Plan, free_bytes: int | None, defined: Collection[str] = ()
     return Check("disk", FAIL, f"{message}; the new nodes need at least {least} GiB", fix)
 
 
-def check_subnets(plan: Plan, routes: Sequence[Route] | None, local: bool = True) -> list[Check]:
-    """The lab's networks against the host's routes and addresses, ignoring the lab's own bridges."""
+def check_subnets(plan: Plan, routes: Sequence[Route] | None, local: bool = True,
+                  own: Collection[str] = ()) -> list[Check]:
+    """The lab's networks against the host's routes and addresses, ignoring the lab's own devices."""
     if routes is None:
         where = "a remote hypervisor's routes are" if not local else "host routes could not be read (ip -j); they are"
         return [Check("subnets", WARN, f"{where} not checked")]
-    own = {net.bridge for net in plan.networks}
     found: dict[tuple[str, IPv4Network, str], Check] = {}
     for net in plan.networks:
         for route in routes:
@@ -238,16 +232,16 @@ def check_bridge(plan: Plan, bridges: Collection[str] | None) -> Check | None:
     if net.mode != "bridge":
         return None
     if bridges is None:
-        return Check("bridge", WARN, f"bridge {net.bridge} not checked (remote hypervisor)")
-    if net.bridge in bridges:
-        return Check("bridge", OK, f"host bridge {net.bridge} exists")
-    return Check("bridge", FAIL, f"no host bridge named {net.bridge} (networks.internal.bridge)",
-                 f"create bridge {net.bridge} with your LAN interface in it (NetworkManager, systemd-networkd "
+        return Check("bridge", WARN, f"bridge {net.host_bridge} not checked (remote hypervisor)")
+    if net.host_bridge in bridges:
+        return Check("bridge", OK, f"host bridge {net.host_bridge} exists")
+    return Check("bridge", FAIL, f"no host bridge named {net.host_bridge} (networks.internal.bridge)",
+                 f"create bridge {net.host_bridge} with your LAN interface in it (NetworkManager, systemd-networkd "
                  "or /etc/network/interfaces), or use networks.internal.mode: isolated")
 
 
-def check_other_labs(plan: Plan, networks: Sequence[LibvirtNetwork] | None, foreign: Sequence[str]) -> list[Check]:
-    """Objects under the lab's names that are not the lab's, and other libvirt networks on the lab's ranges."""
+def check_other_labs(plan: Plan, networks: Sequence[ForeignNetwork] | None, foreign: Sequence[str]) -> list[Check]:
+    """Objects under the lab's names that are not the lab's, and the hypervisor's other networks on its ranges."""
     lab = plan.lab.name
     checks = [Check("names", FAIL, f"{name} exists but is not part of lab {lab}",
                     "remove it, or give this lab another name (--name, or name: in lab.yaml)") for name in foreign]
@@ -255,13 +249,13 @@ def check_other_labs(plan: Plan, networks: Sequence[LibvirtNetwork] | None, fore
         if other.lab != lab:
             checks += _network_clashes(plan, other)
     if networks is None:
-        return [*checks, Check("other labs", WARN, "libvirt networks not checked (libvirt unreachable)")]
+        return [*checks, Check("other labs", WARN, "the hypervisor's networks not checked (unreachable)")]
     return checks or [Check("other labs", OK, "no name clash or overlapping network")]
 
 
-def _network_clashes(plan: Plan, other: LibvirtNetwork) -> list[Check]:
-    owner = f"lab {other.lab}'s network {other.name}" if other.lab else f"libvirt network {other.name}"
-    remove = f"`labctl --name {other.lab} destroy`" if other.lab else f"`virsh net-destroy {other.name}`"
+def _network_clashes(plan: Plan, other: ForeignNetwork) -> list[Check]:
+    owner = f"lab {other.lab}'s network {other.name}" if other.lab else f"network {other.name}"
+    remove = f"`labctl --name {other.lab} destroy`" if other.lab else f"remove network {other.name}"
     return [Check("other labs", FAIL, f"{net.key} network {net.cidr} overlaps {cidr} of {owner}",
                   f"set networks.{net.key}.cidr in lab.yaml to another range, or {remove}")
             for net in plan.networks for cidr in other.cidrs if cidr.overlaps(net.cidr)]
@@ -313,17 +307,6 @@ def parse_meminfo(text: str) -> int | None:
         if key == "MemAvailable" and value.split():
             return int(value.split()[0]) // 1024
     return None
-
-
-def parse_libvirt_network(xml_text: str, name: str) -> LibvirtNetwork:
-    """A libvirt network's owner (from the labctl tag) and IPv4 ranges, from its XML."""
-    tag = read_tag(xml_text)
-    cidrs = []
-    for ip in ET.fromstring(xml_text).findall("ip"):
-        mask = ip.get("prefix") or ip.get("netmask")
-        if ip.get("family", "ipv4") == "ipv4" and ip.get("address") and mask:
-            cidrs.append(IPv4Network(f"{ip.get('address')}/{mask}", strict=False))
-    return LibvirtNetwork(name, tag.lab if tag else None, tuple(cidrs))
 
 
 def _json_list(text: str) -> list[dict[str, Any]]:

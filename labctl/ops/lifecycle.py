@@ -1,20 +1,47 @@
-"""up, status and destroy: the plan applied through a backend, step by step, idempotently."""
+"""up, start, stop, status and destroy: the plan applied through a backend, step by step, idempotently.
+
+Plain functions: the caller opens the backend, passes the lab's state and an :class:`Events` to hear
+progress, and gets a result or a :class:`~labctl.errors.LabError`. The CLI is one such caller::
+
+    from labctl.backends import open_backend
+    from labctl.lab.config import load_lab
+    from labctl.lab.plan import plan_lab
+    from labctl.lab.state import LabState
+    from labctl.ops.events import QuietEvents
+    from labctl.ops.lifecycle import up
+
+    plan = plan_lab(load_lab())
+    with open_backend("libvirt") as backend:
+        up(plan, backend, LabState.for_lab(plan.lab.name), QuietEvents())
+"""
+
+from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from labctl.backends.base import Backend, BaseImage, LabObject, NodeRequest
-from labctl.backends.libvirt.xml import Tag
 from labctl.errors import ConfigError
 from labctl.guest.seed import build_seed_iso, render_seed
+from labctl.lab.accel import Accel, choose_accel
 from labctl.lab.drift import plan_fingerprint, unappliable_changes
+from labctl.lab.identity import network_tag, node_tag
+from labctl.lab.lock import lab_lock
+from labctl.lab.model import Lab
 from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState
+from labctl.ops.events import Events
+from labctl.ops.ready import READY_TIMEOUT, await_ready
 from labctl.pki.secrets import ensure_secrets
 
-Report = Callable[[str], None]
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+SupplyImage = Callable[[Lab], BaseImage]
+Gate = Callable[[Plan, Backend], None]
+STOP_TIMEOUT = 120  # seconds of ACPI shutdown before a node is forced off
 
 
 @dataclass(frozen=True)
@@ -26,32 +53,43 @@ class NodeStatus:
     addresses: tuple[str, ...]
 
 
-def lab_id_for(plan: Plan, backend: Backend, state: LabState, ids: set[str] | None = None) -> str:
-    """The lab's id: the state record's, else the one in libvirt's tags, else a new one.
-    ``ids`` are the tags' ids when the caller has already listed them."""
-    ids = backend.find_lab_ids(plan.lab.name) if ids is None else ids
-    recorded = state.record().get("id")
-    if recorded and ids and recorded not in ids:
-        # The state dir was recreated while the lab lives on: trust libvirt, it holds the objects.
-        state.save_record({**state.record(), "id": sorted(ids)[0]})
-    return state.lab_id(known=sorted(ids)[0] if ids else None)
-
-
-def seed_isos(plan: Plan, state: LabState) -> dict[str, bytes]:
-    """Every node's seed ISO, by node name."""
-    secrets = ensure_secrets(state, plan)
-    return {node.name: build_seed_iso(render_seed(plan, node, secrets)) for node in plan.nodes}
-
-
 @dataclass(frozen=True)
 class UpResult:
     changes: int
     lab_id: str
-    console_offsets: dict[str, int]  # where each node's console log stood before this run started it
+    ready: bool  # every node reported ready (False with wait=False)
 
 
-def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_type: str, report: Report) -> UpResult:
-    """Create what is missing, keep what exists, start what is stopped."""
+def choose_lab_accel(plan: Plan, backend: Backend, events: Events) -> Accel:
+    """``accel:`` of lab.yaml resolved against what the hypervisor offers; TCG is said out loud."""
+    accel = choose_accel(plan.lab.accel, backend.accel_facts())
+    if accel.emulated:
+        events.note(f"accelerator: {accel.reason}")
+    return accel
+
+
+def up(plan: Plan, backend: Backend, state: LabState, events: Events, *, supply_image: SupplyImage,
+       gate: Gate | None = None, wait: bool = True, timeout: float = READY_TIMEOUT,
+       clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> UpResult:
+    """Create what is missing, start what is stopped, and (``wait``) wait until every node is ready,
+    then remove the seeds. ``gate`` refuses a host that cannot run the lab (the doctor's checks),
+    ``supply_image`` hands over the verified base image (downloading it when needed)."""
+    accel = choose_lab_accel(plan, backend, events)
+    if gate is not None:
+        gate(plan, backend)
+    image = supply_image(plan.lab)
+    with lab_lock(state, "up", clock=clock, sleep=sleep):
+        changes, lab_id, offsets = apply(plan, backend, state, image, accel, events)
+        if not wait:
+            return UpResult(changes, lab_id, ready=False)
+        await_ready(plan, backend, state, plan.nodes, offsets, events, timeout=timeout, clock=clock, sleep=sleep)
+        remove_seeds(plan, backend, lab_id, events)
+    return UpResult(changes, lab_id, ready=True)
+
+
+def apply(plan: Plan, backend: Backend, state: LabState, image: BaseImage, accel: Accel,
+          events: Events) -> tuple[int, str, dict[str, int]]:
+    """The plan's objects, ensured one step at a time; (changes made, lab id, console offsets)."""
     lab = plan.lab
     wanted = plan_fingerprint(plan)
     built = state.record().get("built")
@@ -70,16 +108,33 @@ def up(plan: Plan, backend: Backend, state: LabState, image: BaseImage, domain_t
     def step(what: str, did: str) -> None:
         nonlocal changes
         changes += did not in ("exists", "running")
-        report(f"{what}: {did}")
+        events.step(what, did)
 
     step(f"base image {image.digest[:19]}…", backend.ensure_base_image(image))
     for net in plan.networks:
-        step(f"network {net.libvirt_name}", backend.ensure_network(net, Tag(lab.name, lab_id, "network")))
+        step(f"network {net.name}", backend.ensure_network(net, network_tag(lab.name, lab_id)))
     seeds = seed_isos(plan, state)
     for node in plan.nodes:
-        tag = Tag(lab.name, lab_id, "domain", node.role, node.name)
-        step(f"node {node.name}", backend.ensure_node(NodeRequest(node, tag, seeds[node.name], domain_type)))
-    return UpResult(changes, lab_id, start_nodes(plan.nodes, backend, step))
+        request = NodeRequest(node, node_tag(lab.name, lab_id, node.role, node.name), seeds[node.name], accel, image)
+        step(f"node {node.name}", backend.ensure_node(request))
+    return changes, lab_id, start_nodes(plan.nodes, backend, step)
+
+
+def lab_id_for(plan: Plan, backend: Backend, state: LabState, ids: set[str] | None = None) -> str:
+    """The lab's id: the state record's, else the one in the hypervisor's tags, else a new one.
+    ``ids`` are the tags' ids when the caller has already listed them."""
+    ids = backend.find_lab_ids(plan.lab.name) if ids is None else ids
+    recorded = state.record().get("id")
+    if recorded and ids and recorded not in ids:
+        # The state dir was recreated while the lab lives on: trust the hypervisor, it holds the objects.
+        state.save_record({**state.record(), "id": sorted(ids)[0]})
+    return state.lab_id(known=sorted(ids)[0] if ids else None)
+
+
+def seed_isos(plan: Plan, state: LabState) -> dict[str, bytes]:
+    """Every node's seed ISO, by node name."""
+    secrets = ensure_secrets(state, plan)
+    return {node.name: build_seed_iso(render_seed(plan, node, secrets)) for node in plan.nodes}
 
 
 def start_nodes(nodes: Sequence[NodePlan], backend: Backend, step: Callable[[str, str], None]) -> dict[str, int]:
@@ -103,11 +158,29 @@ def _size(path: Path | None) -> int:
         return 0
 
 
-def remove_seeds(plan: Plan, backend: Backend, lab_id: str, report: Report) -> None:
+def remove_seeds(plan: Plan, backend: Backend, lab_id: str, events: Events) -> None:
     """Once every node is ready its seed (which holds secrets) is no longer needed: remove it."""
     for node in plan.nodes:
-        if backend.remove_seed(node, Tag(plan.lab.name, lab_id, "domain", node.role, node.name)) == "removed":
-            report(f"seed of {node.name}: removed")
+        if backend.remove_seed(node, node_tag(plan.lab.name, lab_id, node.role, node.name)) == "removed":
+            events.note(f"seed of {node.name}: removed")
+
+
+def start(plan: Plan, backend: Backend, state: LabState, nodes: Sequence[NodePlan], events: Events, *,
+          wait: bool = True, timeout: float = READY_TIMEOUT, clock: Clock = time.monotonic,
+          sleep: Sleep = time.sleep) -> None:
+    """Start ``nodes`` (in boot order) and (``wait``) wait until they are ready again."""
+    with lab_lock(state, "start", clock=clock, sleep=sleep):
+        offsets = start_nodes(nodes, backend, events.step)
+        if wait:
+            await_ready(plan, backend, state, nodes, offsets, events, timeout=timeout, clock=clock, sleep=sleep)
+
+
+def stop(plan: Plan, backend: Backend, state: LabState, nodes: Sequence[NodePlan], events: Events, *,
+         timeout: float = STOP_TIMEOUT, clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> None:
+    """Shut ``nodes`` down gracefully, in reverse boot order (workers first, the gateway last)."""
+    with lab_lock(state, "stop", clock=clock, sleep=sleep):
+        for node in reversed(nodes):
+            events.step(f"stop {node.name}", backend.stop_node(node, timeout, clock, sleep))
 
 
 def lab_ids(lab: str, backend: Backend, state: LabState) -> set[str]:
@@ -117,7 +190,7 @@ def lab_ids(lab: str, backend: Backend, state: LabState) -> set[str]:
 
 
 def status(plan: Plan, backend: Backend, state: LabState) -> list[NodeStatus]:
-    """Each planned node's domain state and addresses; tagged domains no longer planned too."""
+    """Each planned node's state and addresses; tagged nodes no longer planned too."""
     objects = backend.lab_objects(plan.lab.name, lab_ids(plan.lab.name, backend, state))
     domains = {obj.name: obj for obj in objects if obj.kind == "domain"}
     rows = []
@@ -135,13 +208,15 @@ def status(plan: Plan, backend: Backend, state: LabState) -> list[NodeStatus]:
 _REMOVAL_ORDER = {"domain": 0, "volume": 1, "network": 2}
 
 
-def destroy(lab: str, backend: Backend, state: LabState, report: Report) -> list[LabObject]:
+def destroy(lab: str, backend: Backend, state: LabState, events: Events, *, clock: Clock = time.monotonic,
+            sleep: Sleep = time.sleep) -> list[LabObject]:
     """Remove every object tagged with ``lab`` and the lab's state; the shared base image stays."""
-    objects = backend.lab_objects(lab, lab_ids(lab, backend, state))
-    for obj in sorted(objects, key=lambda o: (_REMOVAL_ORDER[o.kind], o.name)):
-        backend.remove(obj)
-        report(f"removed {obj.kind} {obj.name}")
-    _remove_state(state)
+    with lab_lock(state, "destroy", clock=clock, sleep=sleep):
+        objects = backend.lab_objects(lab, lab_ids(lab, backend, state))
+        for obj in sorted(objects, key=lambda o: (_REMOVAL_ORDER[o.kind], o.name)):
+            backend.remove(obj)
+            events.note(f"removed {obj.kind} {obj.name}")
+        _remove_state(state)
     return objects
 
 

@@ -139,6 +139,7 @@ def apiserver(root: Path):
         proc.wait(timeout=10)
 
 
+@pytest.mark.races
 def test_fake_apiserver_answers_readyz_over_tls_and_records_requests(root: Path, apiserver) -> None:
     port, journal = apiserver
     socket.create_connection(("127.0.0.1", port), timeout=5).close()  # a TCP check: no handshake
@@ -156,6 +157,7 @@ def test_fake_apiserver_answers_readyz_over_tls_and_records_requests(root: Path,
     assert (request["path"], request["status"], request["user_agent"]) == ("/readyz", 200, "curl/8")
 
 
+@pytest.mark.races
 def test_joins_pin_the_discovered_ca_and_only_control_plane_joins_serve(root: Path, apiserver,
                                                                        tmp_path_factory) -> None:
     port, _ = apiserver
@@ -179,6 +181,7 @@ def test_joins_pin_the_discovered_ca_and_only_control_plane_joins_serve(root: Pa
     assert calls(root)[-1]["serving_address"] == "127.0.0.2"
 
 
+@pytest.mark.races
 def test_a_join_with_the_wrong_ca_pin_fails(root: Path, apiserver) -> None:
     port, _ = apiserver
     wrong = "sha256:" + "0" * 64

@@ -1,4 +1,7 @@
-"""libvirt backend: applies the plan through libvirt-python. Thin: XML comes from libvirt_xml."""
+"""libvirt backend: applies the plan through libvirt-python. Thin: XML comes from
+:mod:`labctl.backends.libvirt.xml`, what ``doctor`` sees from :mod:`labctl.backends.libvirt.facts`."""
+
+from __future__ import annotations
 
 import hashlib
 import os
@@ -8,15 +11,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 
-from labctl.backends.base import BaseImage, Clock, LabObject, NodeRequest, Sleep
-from labctl.backends.libvirt.xml import DomainMedia, Tag, domain_xml, network_xml, pool_xml, read_tag, volume_xml
+from labctl.backends.base import (
+    Backend,
+    BaseImage,
+    Clock,
+    HypervisorFacts,
+    LabObject,
+    NodeRequest,
+    Reach,
+    Sleep,
+)
+from labctl.backends.libvirt.xml import DomainMedia, domain_xml, network_xml, pool_xml, read_tag, volume_xml
 from labctl.errors import BackendError
-from labctl.lab.accel import HostFacts, read_host_facts
+from labctl.lab.accel import Accel, HostFacts, read_host_facts
+from labctl.lab.identity import Tag, network_tag, node_tag
 from labctl.lab.lock import host_lock
-from labctl.lab.plan import NetworkPlan, NodePlan
+from labctl.lab.plan import NetworkPlan, NodePlan, Plan
 from labctl.paths import cache_root
 
 POOL_NAME = "labctl"
@@ -30,11 +44,28 @@ _CONNECT_HINT = (
     "and is the URI right (--connect, LIBVIRT_DEFAULT_URI)?"
 )
 
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors are raised, never printed by libvirt
-
 
 def default_uri() -> str:
     return os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"
+
+
+def uri_is_local(uri: str) -> bool:
+    """True for a libvirt URI on this host (``qemu:///system``), False for ``qemu+ssh://host/system``."""
+    return not urlsplit(uri).netloc
+
+
+def hypervisor_hop(uri: str) -> str | None:
+    """``[user@]host[:port]`` of an ssh-transport libvirt URI: the first hop towards a remote lab."""
+    parts = urlsplit(uri)
+    if not parts.netloc or not parts.scheme.endswith("+ssh") or not parts.hostname:
+        return None
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{user}{parts.hostname}{port}"
+
+
+def _silence(_ctx: object, _err: object) -> None:
+    """libvirt's error handler: errors are raised as libvirtError, never printed by libvirt."""
 
 
 def _error(what: str, err: libvirt.libvirtError) -> BackendError:
@@ -43,7 +74,8 @@ def _error(what: str, err: libvirt.libvirtError) -> BackendError:
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def translated(what: str) -> Iterator[None]:
+    """libvirt errors inside become one-line :class:`BackendError`s naming ``what`` was being done."""
     try:
         yield
     except libvirt.libvirtError as err:
@@ -59,7 +91,8 @@ def _missing(err: libvirt.libvirtError) -> bool:
     )
 
 
-def _lookup(fn: Callable[[str], T], name: str, what: str) -> T | None:
+def lookup(fn: Callable[[str], T], name: str, what: str) -> T | None:
+    """``fn(name)``, or None when libvirt says there is no such object."""
     try:
         return fn(name)
     except libvirt.libvirtError as err:
@@ -79,34 +112,44 @@ def base_volume_name(image: BaseImage, suffix: str = ".qcow2") -> str:
     return f"labctl-base-{algo}-{hexdigest[:24]}{suffix}"
 
 
-class LibvirtBackend:
+class LibvirtBackend(Backend):
     name = "libvirt"
 
     def __init__(self, conn: libvirt.virConnect, pool_dir: str | None = None, console_dir: str | None = None):
         self.conn = conn
         self.pool_dir = pool_dir or os.environ.get("LABCTL_POOL_DIR") or DEFAULT_POOL_DIR
         self.console_dir = console_dir or os.environ.get("LABCTL_CONSOLE_DIR") or DEFAULT_CONSOLE_DIR
-        self._base: BaseImage | None = None
 
     @classmethod
-    def connect(cls, uri: str | None = None) -> "LibvirtBackend":
-        uri = uri or default_uri()
+    def open(cls, target: str | None = None) -> LibvirtBackend:
+        from labctl.backends.libvirt.facts import socket_fix
+
+        uri = target or default_uri()
+        libvirt.registerErrorHandler(_silence, None)
         try:
             conn = libvirt.open(uri)
         except libvirt.libvirtError as err:
-            raise BackendError(f"cannot connect to libvirt at {uri}: {' '.join(str(err).split())}",
-                               _CONNECT_HINT) from err
+            hint = (socket_fix(uri) if uri_is_local(uri) else "") or _CONNECT_HINT
+            raise BackendError(f"cannot connect to libvirt at {uri}: {' '.join(str(err).split())}", hint) from err
         return cls(conn)
+
+    @classmethod
+    def reach(cls, target: str | None) -> Reach:
+        uri = target or default_uri()
+        return Reach(uri_is_local(uri), hypervisor_hop(uri))
 
     def close(self) -> None:
         self.conn.close()
 
     @property
-    def is_local(self) -> bool:
-        uri = self.conn.getURI()
-        return "://" in uri and uri.split("://", 1)[1].startswith("/")
+    def target(self) -> str:
+        return str(self.conn.getURI())
 
-    def host_facts(self) -> HostFacts:
+    @property
+    def is_local(self) -> bool:
+        return uri_is_local(self.target)
+
+    def accel_facts(self) -> HostFacts:
         if self.is_local:
             return read_host_facts()
         try:
@@ -115,11 +158,16 @@ class LibvirtBackend:
             return HostFacts(False, frozenset())
         return HostFacts(True, frozenset({"kvm", "kvm_intel"}))
 
+    def doctor_facts(self, plan: Plan) -> HypervisorFacts:
+        from labctl.backends.libvirt.facts import hypervisor_facts
+
+        return hypervisor_facts(self, plan)
+
     # --- the pool and the base image ---------------------------------------------------------
 
     def pool(self) -> libvirt.virStoragePool:
-        pool = _lookup(self.conn.storagePoolLookupByName, POOL_NAME, "storage pool")
-        with _translated(f"preparing storage pool {POOL_NAME} at {self.pool_dir}"):
+        pool = lookup(self.conn.storagePoolLookupByName, POOL_NAME, "storage pool")
+        with translated(f"preparing storage pool {POOL_NAME} at {self.pool_dir}"):
             if pool is None:
                 pool = self.conn.storagePoolDefineXML(pool_xml(POOL_NAME, self.pool_dir), 0)
                 pool.build(0)
@@ -130,7 +178,7 @@ class LibvirtBackend:
 
     def _upload(self, pool: libvirt.virStoragePool, name: str, data_source: Path | bytes, fmt: str) -> None:
         size = data_source.stat().st_size if isinstance(data_source, Path) else len(data_source)
-        with _translated(f"uploading volume {name}"):
+        with translated(f"uploading volume {name}"):
             vol = pool.createXML(volume_xml(name, size, fmt), 0)
             stream = self.conn.newStream(0)
             vol.upload(stream, 0, size, 0)
@@ -143,14 +191,13 @@ class LibvirtBackend:
 
     def ensure_base_image(self, image: BaseImage) -> str:
         """Upload the verified image once per digest; a marker volume says the upload completed."""
-        self._base = image
         pool = self.pool()
         marker = base_volume_name(image, ".complete")
-        if _lookup(pool.storageVolLookupByName, marker, "volume"):
+        if lookup(pool.storageVolLookupByName, marker, "volume"):
             return "exists"
         # Two labs coming up at once share this volume: one uploads, the other then finds it.
         with host_lock(cache_root() / "locks" / f"base-{hashlib.sha256(self.conn.getURI().encode()).hexdigest()[:16]}"):
-            if _lookup(pool.storageVolLookupByName, marker, "volume"):
+            if lookup(pool.storageVolLookupByName, marker, "volume"):
                 return "exists"
             return self._import_base(pool, image, marker)
 
@@ -164,22 +211,22 @@ class LibvirtBackend:
             self._delete_volume(pool, name)  # a half-uploaded one from an interrupted run
             self._upload(pool, name, path, fmt)
         self._upload(pool, marker, image.digest.encode(), "raw")
-        with _translated("refreshing storage pool"):
+        with translated("refreshing storage pool"):
             pool.refresh(0)
         return "imported"
 
     def _delete_volume(self, pool: libvirt.virStoragePool, name: str) -> bool:
-        vol = _lookup(pool.storageVolLookupByName, name, "volume")
+        vol = lookup(pool.storageVolLookupByName, name, "volume")
         if vol is None:
             return False
-        with _translated(f"deleting volume {name}"):
+        with translated(f"deleting volume {name}"):
             vol.delete(0)
         return True
 
     # --- networks ----------------------------------------------------------------------------
 
     def _owned(self, obj: Any, kind: str, lab: str) -> Tag | None:
-        with _translated(f"reading {kind} {obj.name()}"):
+        with translated(f"reading {kind} {obj.name()}"):
             tag = read_tag(obj.XMLDesc(0))
         if tag is None or tag.lab != lab:
             raise BackendError(
@@ -189,9 +236,9 @@ class LibvirtBackend:
         return tag
 
     def ensure_network(self, net: NetworkPlan, tag: Tag) -> str:
-        found = _lookup(self.conn.networkLookupByName, net.libvirt_name, "network")
+        found = lookup(self.conn.networkLookupByName, net.name, "network")
         did = "exists"
-        with _translated(f"creating network {net.libvirt_name}"):
+        with translated(f"creating network {net.name}"):
             if found is None:
                 found = self.conn.networkDefineXML(network_xml(net, tag))
                 did = "created"
@@ -206,58 +253,66 @@ class LibvirtBackend:
 
     # --- domains -----------------------------------------------------------------------------
 
-    def _media(self, request: NodeRequest, pool: libvirt.virStoragePool, seed: str) -> DomainMedia:
-        node, base = request.node, self._base
-        assert base is not None, "ensure_base_image runs before ensure_node"
-        disk, _ = volume_names(request.tag.lab, node.name, request.tag.lab_id)
-        kernel = initrd = None
-        with _translated("locating the base image's kernel"):
-            if base.kernel:
-                kernel = pool.storageVolLookupByName(base_volume_name(base, ".vmlinuz")).path()
-            if base.initrd:
-                initrd = pool.storageVolLookupByName(base_volume_name(base, ".initrd")).path()
+    def _volume_path(self, name: str) -> str:
+        """Where a volume of the pool lives (or will): what libvirt reports for it, the same path
+        `render` shows before the pool exists."""
+        pool = lookup(self.conn.storagePoolLookupByName, POOL_NAME, "storage pool")
+        if pool is not None:
+            target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+            if target:
+                return str(Path(target) / name)
+        return str(Path(self.pool_dir) / name)
+
+    def _domain_xml(self, node: NodePlan, tag: Tag, accel: Accel, image: BaseImage) -> str:
+        disk, seed = volume_names(tag.lab, node.name, tag.lab_id)
+        kernel = self._volume_path(base_volume_name(image, ".vmlinuz")) if image.kernel else None
+        initrd = self._volume_path(base_volume_name(image, ".initrd")) if image.initrd else None
         console = str(Path(self.console_dir) / f"{node.domain_name}.console.log")
-        return DomainMedia(POOL_NAME, disk, seed, console, kernel, initrd, base.cmdline)
+        media = DomainMedia(POOL_NAME, disk, seed, console, kernel, initrd, image.cmdline)
+        return domain_xml(node, _network_names(tag.lab), tag, accel, media)
 
     def ensure_node(self, request: NodeRequest) -> str:
         node, tag = request.node, request.tag
         pool = self.pool()
-        domain = _lookup(self.conn.lookupByName, node.domain_name, "domain")
+        domain = lookup(self.conn.lookupByName, node.domain_name, "domain")
         if domain is not None:
             self._owned(domain, "domain", tag.lab)
         disk, seed = volume_names(tag.lab, node.name, tag.lab_id)
         did = "exists"
-        if _lookup(pool.storageVolLookupByName, disk, "volume") is None:
-            self._create_overlay(pool, disk, node)
+        if lookup(pool.storageVolLookupByName, disk, "volume") is None:
+            self._create_overlay(pool, disk, node, request.image)
             did = "created"
         if domain is None:
             # The seed is (re)written only while no domain uses it: an interrupted run may have
             # left a partial one, and a running node must not see its seed change.
             self._delete_volume(pool, seed)
             self._upload(pool, seed, request.seed_iso, "raw")
-            with _translated(f"defining domain {node.domain_name}"):
-                self.conn.defineXML(domain_xml(node, self._network_names(tag.lab), tag, request.domain_type,
-                                               self._media(request, pool, seed)))
+            with translated(f"defining domain {node.domain_name}"):
+                self.conn.defineXML(self._domain_xml(node, tag, request.accel, request.image))
             did = "created"
         return did
 
-    def _network_names(self, lab: str) -> dict[str, str]:
-        return {"nat": f"{lab}-nat", "internal": f"{lab}-internal"}
+    def definitions(self, plan: Plan, lab_id: str, accel: Accel, image: BaseImage) -> dict[str, str]:
+        lab = plan.lab.name
+        files = {f"networks/{net.name}.xml": network_xml(net, network_tag(lab, lab_id)) for net in plan.networks}
+        for node in plan.nodes:
+            files[f"{node.name}/domain.xml"] = self._domain_xml(node, node_tag(lab, lab_id, node.role, node.name),
+                                                                accel, image)
+        return files
 
-    def _create_overlay(self, pool: libvirt.virStoragePool, name: str, node: NodePlan) -> None:
-        assert self._base is not None
-        base_vol = pool.storageVolLookupByName(base_volume_name(self._base))
-        with _translated(f"creating disk {name}"):
+    def _create_overlay(self, pool: libvirt.virStoragePool, name: str, node: NodePlan, image: BaseImage) -> None:
+        with translated(f"creating disk {name}"):
+            base_vol = pool.storageVolLookupByName(base_volume_name(image))
             virtual = base_vol.info()[1]
             capacity = max(node.disk << 30, virtual)
-            backing = (base_vol.path(), self._base.format)
+            backing = (base_vol.path(), image.format)
             pool.createXML(volume_xml(name, capacity, "qcow2", backing), 0)
 
     def start_node(self, node: NodePlan) -> str:
-        domain = _lookup(self.conn.lookupByName, node.domain_name, "domain")
+        domain = lookup(self.conn.lookupByName, node.domain_name, "domain")
         if domain is None:
             raise BackendError(f"domain {node.domain_name} is not defined", "run `labctl up`")
-        with _translated(f"starting {node.domain_name}"):
+        with translated(f"starting {node.domain_name}"):
             if domain.isActive():
                 return "running"
             domain.create()
@@ -265,10 +320,10 @@ class LibvirtBackend:
 
     def stop_node(self, node: NodePlan, timeout: float, clock: Clock, sleep: Sleep) -> str:
         """ACPI shutdown, waited for at most ``timeout`` seconds, then forced off."""
-        domain = _lookup(self.conn.lookupByName, node.domain_name, "domain")
+        domain = lookup(self.conn.lookupByName, node.domain_name, "domain")
         if domain is None:
             return "missing"
-        with _translated(f"stopping {node.domain_name}"):
+        with translated(f"stopping {node.domain_name}"):
             if not domain.isActive():
                 return "stopped"
             domain.shutdown()
@@ -283,10 +338,10 @@ class LibvirtBackend:
     def remove_seed(self, node: NodePlan, tag: Tag) -> str:
         """Detach the seed disk (it holds secrets), live and persistently, and delete its volume."""
         _, seed = volume_names(tag.lab, node.name, tag.lab_id)
-        domain = _lookup(self.conn.lookupByName, node.domain_name, "domain")
+        domain = lookup(self.conn.lookupByName, node.domain_name, "domain")
         did = "absent"
         if domain is not None:
-            with _translated(f"detaching the seed of {node.domain_name}"):
+            with translated(f"detaching the seed of {node.domain_name}"):
                 flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
                 if domain.isActive():
                     flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -302,6 +357,9 @@ class LibvirtBackend:
     def console_log(self, node: NodePlan) -> Path | None:
         return Path(self.console_dir) / f"{node.domain_name}.console.log" if self.is_local else None
 
+    def console_argv(self, node: NodePlan) -> list[str]:
+        return ["virsh", "-c", self.target, "console", node.domain_name]
+
     # --- inventory and removal ---------------------------------------------------------------
 
     def _tagged(self, objects: list[Any], lab: str) -> Iterator[tuple[Any, Tag]]:
@@ -316,15 +374,15 @@ class LibvirtBackend:
                 yield obj, tag
 
     def find_lab_ids(self, lab: str) -> set[str]:
-        with _translated("listing domains and networks"):
+        with translated("listing domains and networks"):
             objects = self.conn.listAllDomains(0) + self.conn.listAllNetworks(0)
         return {tag.lab_id for _, tag in self._tagged(objects, lab)}
 
     def lab_objects(self, lab: str, lab_ids: set[str]) -> list[LabObject]:
-        with _translated("listing lab objects"):
+        with translated("listing lab objects"):
             domains = self.conn.listAllDomains(0)
             networks = self.conn.listAllNetworks(0)
-            pool = _lookup(self.conn.storagePoolLookupByName, POOL_NAME, "storage pool")
+            pool = lookup(self.conn.storagePoolLookupByName, POOL_NAME, "storage pool")
             if pool is not None and pool.isActive():
                 pool.refresh(0)
             volumes = pool.listAllVolumes(0) if pool is not None and pool.isActive() else []
@@ -336,15 +394,15 @@ class LibvirtBackend:
         return found
 
     def remove(self, obj: LabObject) -> None:
-        with _translated(f"removing {obj.kind} {obj.name}"):
+        with translated(f"removing {obj.kind} {obj.name}"):
             if obj.kind == "domain":
-                domain = _lookup(self.conn.lookupByName, obj.name, "domain")
+                domain = lookup(self.conn.lookupByName, obj.name, "domain")
                 if domain is not None:
                     if domain.isActive():
                         domain.destroy()
                     domain.undefineFlags(_UNDEFINE_FLAGS)
             elif obj.kind == "network":
-                network = _lookup(self.conn.networkLookupByName, obj.name, "network")
+                network = lookup(self.conn.networkLookupByName, obj.name, "network")
                 if network is not None:
                     if network.isActive():
                         network.destroy()
@@ -369,6 +427,11 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
+
+
+def _network_names(lab: str) -> dict[str, str]:
+    """Network key -> libvirt network name, as the plan names them (<lab>-<key>)."""
+    return {"nat": f"{lab}-nat", "internal": f"{lab}-internal"}
 
 
 def _domain_state(domain: libvirt.virDomain) -> str:

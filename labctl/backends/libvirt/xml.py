@@ -1,26 +1,24 @@
 """libvirt XML for the plan's networks, domains and volumes, built with ElementTree. Pure."""
 
+import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from labctl import __version__
+from labctl.lab.accel import KVM, Accel
+from labctl.lab.identity import Tag
 from labctl.lab.plan import NetworkPlan, NodePlan
 from labctl.resources import read_text
 
 METADATA_NS = "https://labctl.dev/xmlns/lab/1"
-ET.register_namespace("labctl", METADATA_NS)
+DOMAIN_TYPES = {"kvm": "kvm", "tcg": "qemu"}  # accelerator -> <domain type=…>
 
 
-@dataclass(frozen=True)
-class Tag:
-    """What labctl writes into every object's metadata, and reads back to recognise its own."""
-
-    lab: str
-    lab_id: str
-    kind: str  # "network" or "domain"
-    role: str = ""
-    node: str = ""
-    version: str = __version__
+def bridge_device(lab: str, net: NetworkPlan) -> str:
+    """The Linux bridge a network sits on: the user's host bridge, or ours (≤ 15 chars, from the lab name)."""
+    if net.host_bridge:
+        return net.host_bridge
+    short = hashlib.sha256(lab.encode()).hexdigest()[:8]
+    return f"lc{short}-{net.key[0]}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,9 @@ def _metadata(tag: Tag) -> ET.Element:
     attrib = {"name": tag.lab, "id": tag.lab_id, "kind": tag.kind, "version": tag.version}
     if tag.role:
         attrib.update(role=tag.role, node=tag.node)
-    ET.SubElement(metadata, f"{{{METADATA_NS}}}lab", attrib)
+    # Written with its prefix declared in place (ElementTree would otherwise need a process-wide
+    # namespace registration to print anything but ns0); read back namespace-aware below.
+    ET.SubElement(metadata, "labctl:lab", {"xmlns:labctl": METADATA_NS, **attrib})
     return metadata
 
 
@@ -70,14 +70,14 @@ def network_xml(net: NetworkPlan, tag: Tag) -> str:
     root = ET.fromstring(read_text("network", f"{net.mode}.xml"))
     name = root.find("name")
     assert name is not None  # the shipped skeletons all have one
-    name.text = net.libvirt_name
+    name.text = net.name
     uuid = ET.Element("uuid")
     uuid.text = net.uuid
     root.insert(1, uuid)
     root.insert(2, _metadata(tag))
     bridge = root.find("bridge")
     assert bridge is not None
-    bridge.set("name", net.bridge)
+    bridge.set("name", bridge_device(tag.lab, net))
     ip = root.find("ip")
     if ip is not None and net.host_address is not None:
         ip.set("address", str(net.host_address.ip))
@@ -85,9 +85,9 @@ def network_xml(net: NetworkPlan, tag: Tag) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def domain_xml(node: NodePlan, lab_networks: dict[str, str], tag: Tag, domain_type: str, media: DomainMedia) -> str:
+def domain_xml(node: NodePlan, lab_networks: dict[str, str], tag: Tag, accel: Accel, media: DomainMedia) -> str:
     """The libvirt domain of ``node``. ``lab_networks`` maps network key → libvirt network name."""
-    root = ET.Element("domain", type=domain_type)
+    root = ET.Element("domain", type=DOMAIN_TYPES[accel.kind])
     _sub(root, "name", node.domain_name)
     _sub(root, "uuid", node.uuid)
     _sub(root, "title", f"labctl {tag.lab} {node.name} ({node.role})")
@@ -98,7 +98,7 @@ def domain_xml(node: NodePlan, lab_networks: dict[str, str], tag: Tag, domain_ty
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    if domain_type == "kvm":
+    if accel.kind == KVM:
         _sub(root, "cpu", mode="host-passthrough")
     _sub(root, "clock", offset="utc")
     _sub(root, "on_poweroff", "destroy")

@@ -5,12 +5,14 @@ import os
 import shutil
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
 from click.shell_completion import ShellComplete
 
 from labctl.access import ssh as access
+from labctl.backends.base import HypervisorFacts, Tool
 from labctl.cli.context import Context
 from labctl.cli.main import cli, main
 from labctl.lab.config import load_lab
@@ -18,6 +20,7 @@ from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.ops.doctor import OK, Check, Facts
 from labctl.pki.secrets import ensure_secrets
+from tests.backends.fake import FakeBackend
 
 
 def run(capsys, *args):
@@ -144,36 +147,15 @@ def test_kubeconfig_output_and_merge_exclude_each_other(capsys, created):
     assert code == 2 and "exclude each other" in err
 
 
-def test_console_execs_virsh(capsys, execs):
-    assert run(capsys, "--connect", "qemu:///system", "console", "worker2")[0] == 0
-    assert execs == [["virsh", "-c", "qemu:///system", "console", "k8s-worker2"]]
-
-
-class FakeBackend:
-    def __init__(self, console_dir=None):
-        self.calls = []
-        self.console_dir = console_dir
-        self.boots = True
-
-    def console_log(self, node):
-        return self.console_dir / f"{node.domain_name}.console.log" if self.console_dir else None
-
-    def stop_node(self, node, timeout, clock, sleep):
-        self.calls.append(("stop", node.name, timeout))
-        return "shut down"
-
-    def start_node(self, node):
-        self.calls.append(("start", node.name))
-        if self.console_dir and self.boots:  # the node boots and announces its phase again
-            with (self.console_dir / f"{node.domain_name}.console.log").open("a") as log:
-                log.write(f"labctl-phase: {node.name} ready\n")
-        return "started"
+def test_console_execs_what_the_backend_attaches_with(capsys, backend, execs):
+    assert run(capsys, "console", "worker2")[0] == 0
+    assert execs == [["fake-console", "k8s-worker2"]]
 
 
 @pytest.fixture
 def backend(monkeypatch, tmp_path):
-    fake = FakeBackend(tmp_path)
-    monkeypatch.setattr(Context, "backend", lambda self: fake)
+    fake = FakeBackend(console_dir=tmp_path)
+    monkeypatch.setattr(Context, "backend", lambda self, lab: fake)
     return fake
 
 
@@ -192,7 +174,8 @@ def test_logs_of_a_remote_lab_read_cloud_init_over_ssh(capsys, backend, created,
     assert execs[0][-6:] == ["sudo", "tail", "-n", "+1", "-F", "/var/log/cloud-init-output.log"]
 
 
-def test_stop_goes_in_reverse_boot_order_and_start_in_boot_order(capsys, backend, plan):
+def test_stop_goes_in_reverse_boot_order_and_start_in_boot_order(capsys, backend, plan, tmp_path):
+    define_lab(backend, plan)
     code, out, err = run(capsys, "stop", "--timeout", "30")
     assert code == 0 and out == ""
     assert [call[1] for call in backend.calls] == list(reversed(plan.node_names))
@@ -203,13 +186,30 @@ def test_stop_goes_in_reverse_boot_order_and_start_in_boot_order(capsys, backend
     assert backend.calls == [("start", "gateway"), ("start", "worker1")]
 
 
+def define_lab(backend, plan, running=True):
+    """The lab's nodes as `up` leaves them in the fake backend."""
+    from labctl.backends.base import BaseImage, NodeRequest
+    from labctl.lab.accel import TCG, Accel
+    from labctl.lab.identity import node_tag
+
+    image = BaseImage(Path("/base.qcow2"), "sha512:ab", "qcow2")
+    backend.ensure_base_image(image)
+    for node in plan.nodes:
+        tag = node_tag(plan.lab.name, "0123456789ab", node.role, node.name)
+        backend.ensure_node(NodeRequest(node, tag, b"seed", Accel(TCG, "test"), image))
+        backend.domains[node.domain_name].running = running
+    backend.calls.clear()
+
+
 def test_start_waits_for_the_phases_of_this_boot(capsys, backend, tmp_path):
     log = tmp_path / "k8s-worker1.console.log"
     log.write_text("labctl-phase: worker1 ready\n")  # the previous boot's: must not count
+    define_lab(backend, plan_lab(load_lab()), running=False)
     backend.boots = False
     code, _, err = run(capsys, "start", "worker1", "--timeout", "1")
     assert code == 1 and "not ready after 1s: worker1 (booting)" in err
     backend.boots = True
+    backend.domains["k8s-worker1"].running = False
     code, _, err = run(capsys, "start", "worker1")
     assert code == 0 and "worker1: ready" in err and err.splitlines()[-1] == "lab k8s: 1 nodes ready"
 
@@ -217,6 +217,7 @@ def test_start_waits_for_the_phases_of_this_boot(capsys, backend, tmp_path):
 def test_start_of_a_remote_lab_reads_phases_over_ssh(capsys, backend, created, monkeypatch):
     from labctl.access.readiness import REMOTE_PHASE
 
+    define_lab(backend, plan_lab(load_lab()), running=False)
     backend.console_dir = None
     asked = []
     monkeypatch.setattr(access, "run_output", lambda argv, timeout: asked.append(argv) or "ready\n")
@@ -231,8 +232,7 @@ def test_start_of_a_remote_lab_reads_phases_over_ssh(capsys, backend, created, m
 def test_stop_and_start_wait_for_the_labs_lock(capsys, backend, monkeypatch, command):
     from labctl.lab.lock import lab_lock
 
-    fast = iter(range(0, 10_000, 1))
-    monkeypatch.setattr("labctl.cli.context.time.monotonic", lambda: float(next(fast)))
+    monkeypatch.setattr("labctl.lab.lock.LAB_LOCK_WAIT", 0.0)
     with lab_lock(LabState.for_lab("k8s"), "up", clock=lambda: 0.0, sleep=lambda s: None):
         code, _, err = run(capsys, *command)
     assert code == 1 and f"lab `k8s` is busy (pid {os.getpid()}, command up)" in err
@@ -245,9 +245,11 @@ def test_stop_unknown_node_touches_nothing(capsys, backend):
 
 
 def test_doctor_prints_one_line_per_check_and_fails_on_fail(capsys, monkeypatch):
-    facts = Facts(uri="qemu:///system", local=True, accel=None, qemu_img=False, mem_available_mib=64 * 1024,
-                  disk_free=1 << 40, routes=(), bridges=frozenset(), networks=(), image=Check("image", OK, "cached"))
-    monkeypatch.setattr("labctl.backends.libvirt.facts.gather_facts", lambda *args, **kwargs: facts)
+    missing = Tool("qemu-img", False, "libvirt makes the nodes' disks with it", "install qemu-utils (Debian/Ubuntu)")
+    hypervisor = HypervisorFacts("qemu:///system", True, tools=(missing,), disk_free=1 << 40, networks=())
+    facts = Facts("libvirt", "qemu:///system", True, hypervisor, mem_available_mib=64 * 1024, routes=(),
+                  bridges=frozenset(), image=Check("image", OK, "cached"))
+    monkeypatch.setattr("labctl.ops.preflight.gather_facts", lambda *args, **kwargs: facts)
     code, out, err = run(capsys, "doctor", "--offline")
     lines = out.splitlines()
     assert code == 1 and len(lines) == 9

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from labctl.cli.main import main
 from labctl.errors import ConfigError
 from labctl.lab.config import parse_lab
+from tests.lab.test_config import INVALID
 from tests.labenv import record_figure
-from tests.test_config import INVALID
 
 EXTRA_FILES = [
     (b"\xff\xfe\x00garbage\x00\x01", "not UTF-8 text"),

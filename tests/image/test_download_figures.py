@@ -5,13 +5,13 @@ whether the next attempt resumed (Range) and ended verified."""
 from pathlib import Path
 
 import pytest
-from httpserver import HTTPTestServer
-from test_download import BODY, FAST, sha512, url_spec
 
 from labctl.errors import ImageError
 from labctl.image.cache import ImageCache
 from labctl.image.download import fetch
 from labctl.progress import NullProgress
+from tests.httpserver import HTTPTestServer
+from tests.image.test_download import BODY, FAST, sha512, url_spec
 from tests.labenv import record_figure
 
 

@@ -5,8 +5,10 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from labctl.backends.libvirt.xml import METADATA_NS, DomainMedia, Tag, domain_xml, network_xml, read_tag, volume_xml
+from labctl.backends.libvirt.xml import METADATA_NS, DomainMedia, domain_xml, network_xml, read_tag, volume_xml
+from labctl.lab.accel import KVM, TCG, Accel
 from labctl.lab.config import load_lab, parse_lab
+from labctl.lab.identity import Tag
 from labctl.lab.plan import plan_lab
 
 NETS = {"nat": "k8s-nat", "internal": "k8s-internal"}
@@ -17,7 +19,7 @@ def test_domain_xml_fields():
     plan = plan_lab(load_lab())
     node = plan.node("gateway")
     tag = Tag("k8s", "abc123", "domain", "gateway", "gateway")
-    root = ET.fromstring(domain_xml(node, NETS, tag, "qemu", MEDIA))
+    root = ET.fromstring(domain_xml(node, NETS, tag, Accel(TCG, "test"), MEDIA))
     assert root.get("type") == "qemu"
     assert root.findtext("name") == "k8s-gateway" and root.findtext("uuid") == node.uuid
     assert root.find("memory").get("unit") == "MiB" and int(root.findtext("memory")) == node.memory
@@ -39,7 +41,7 @@ def test_domain_xml_fields():
 def test_domain_kvm_and_direct_kernel_boot():
     plan = plan_lab(load_lab())
     media = DomainMedia("labctl", "d.qcow2", None, "/c.log", "/p/vmlinuz", "/p/initrd", "root=/dev/vda console=ttyS0")
-    root = ET.fromstring(domain_xml(plan.node("worker1"), NETS, Tag("k8s", "i", "domain"), "kvm", media))
+    root = ET.fromstring(domain_xml(plan.node("worker1"), NETS, Tag("k8s", "i", "domain"), Accel(KVM, "test"), media))
     assert root.get("type") == "kvm" and root.find("cpu").get("mode") == "host-passthrough"
     assert root.findtext("os/kernel") == "/p/vmlinuz" and root.findtext("os/initrd") == "/p/initrd"
     assert root.findtext("os/cmdline") == "root=/dev/vda console=ttyS0" and root.find("os/boot") is None
@@ -90,7 +92,7 @@ def test_xml_accepted_by_libvirt_test_driver():
             assert read_tag(defined.XMLDesc(0)).lab == "k8s"
         media = DomainMedia("default-pool", "d.qcow2", None, "/tmp/c.log")
         dom = conn.defineXML(domain_xml(plan.node("master1"), NETS, Tag("k8s", "i", "domain", "master", "master1"),
-                                        "qemu", media))
+                                        Accel(TCG, "test"), media))
         assert read_tag(dom.XMLDesc(0)).node == "master1"
     finally:
         conn.close()

@@ -10,10 +10,11 @@ import libvirt
 import pytest
 
 from labctl.backends.libvirt.backend import LibvirtBackend
-from labctl.backends.libvirt.xml import Tag
 from labctl.lab.config import parse_lab
+from labctl.lab.identity import Tag
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
+from labctl.ops.events import QuietEvents
 from labctl.ops.lifecycle import destroy, lab_id_for
 from tests.harness.libvirtd import can_run
 from tests.labenv import lab_env, labctl, record_figure, snapshot, write_lab
@@ -161,11 +162,11 @@ def test_networks_tagging_and_destroy_safety_on_the_test_driver(test_driver, tmp
     backend.conn.networkDefineXML("<network><name>k8s-lookalike</name><bridge name='k8slook0'/></network>")
     assert backend.find_lab_ids("k8s") == {lab_id}
     assert lab_id_for(plan, backend, LabState.for_lab("k8s", tmp_path / "lost")) == lab_id, "id recovered from tags"
-    removed = destroy("k8s", backend, state, lambda _msg: None)
+    removed = destroy("k8s", backend, state, QuietEvents())
     assert sorted(obj.name for obj in removed) == ["k8s-internal", "k8s-nat"]
     names = {n.name() for n in backend.conn.listAllNetworks()}
     assert "k8s-lookalike" in names and "k8s-nat" not in names
-    assert destroy("k8s", backend, state, lambda _msg: None) == []
+    assert destroy("k8s", backend, state, QuietEvents()) == []
 
 
 def test_foreign_network_with_the_lab_name_is_refused(test_driver):

@@ -11,6 +11,10 @@ from click.testing import CliRunner
 
 from labctl.cli.main import cli, main
 from labctl.guest.seed import read_seed_iso
+from labctl.lab.config import load_lab
+from labctl.lab.plan import plan_lab
+from labctl.lab.state import LabState
+from labctl.pki.secrets import ensure_secrets
 
 
 def run(args, **kwargs):
@@ -59,10 +63,12 @@ def test_usage_errors_exit_2():
     assert run(["no-such-command"]).returncode == 2
 
 
-def test_render_writes_every_artifact(tmp_path):
+def test_render_writes_every_artifact_and_leaves_the_state_alone(tmp_path, isolated_home):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["render", str(out)])
+    result = CliRunner().invoke(cli, ["--connect", "test:///default", "render", str(out)])
     assert result.exit_code == 0, result.output
+    assert "does not exist here: its secrets and id in these files are throwaway" in result.stderr
+    assert not (isolated_home / "data" / "labctl").exists()
     for node in ("gateway", "lb1", "master1", "worker2"):
         for name in ("meta-data", "user-data", "network-config", "seed.iso", "domain.xml"):
             assert (out / node / name).is_file()
@@ -72,9 +78,17 @@ def test_render_writes_every_artifact(tmp_path):
     assert stat.S_IMODE((out / "master1" / "user-data").stat().st_mode) == 0o600
 
 
-def test_state_dir_and_key_are_private(tmp_path, isolated_home):
-    CliRunner().invoke(cli, ["render", str(tmp_path / "r")])
-    state = isolated_home / "data" / "labctl" / "k8s"
+def created_lab():
+    """A lab's state as `up` leaves it: the record and the secrets."""
+    state = LabState.for_lab("k8s")
+    state.save_record({"name": "k8s", "id": "0123456789ab"})
+    ensure_secrets(state, plan_lab(load_lab()))
+    return state
+
+
+def test_state_dir_and_key_are_private(isolated_home):
+    state = created_lab().root
+    assert state == isolated_home / "data" / "labctl" / "k8s"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "id_ed25519").stat().st_mode) == 0o600
     assert (state / "id_ed25519.pub").read_text().startswith("ssh-ed25519 ")
@@ -101,11 +115,10 @@ def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
     assert err == "labctl: error: internal error: RuntimeError: kaboom second line (rerun with --debug)\n"
 
 
-def test_loose_secret_files_are_tightened_at_startup(tmp_path, isolated_home):
-    CliRunner().invoke(cli, ["render", str(tmp_path / "r")])
-    key = isolated_home / "data" / "labctl" / "k8s" / "id_ed25519"
+def test_loose_secret_files_are_tightened_at_startup(isolated_home):
+    key = created_lab().root / "id_ed25519"
     os.chmod(key, 0o644)
     os.chmod(key.parent, 0o755)  # noqa: S103 - loosened on purpose: labctl must tighten it
-    assert CliRunner().invoke(cli, ["render", str(tmp_path / "r2")]).exit_code == 0
+    assert CliRunner().invoke(cli, ["ssh-config"]).exit_code == 0
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700

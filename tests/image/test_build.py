@@ -46,7 +46,7 @@ from labctl.image.build import (
 from labctl.lab.catalog import resolve_image
 from labctl.resources import data_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The host's /etc/apt/sources.list.d/debian.sources, as Debian 12 containers ship it.
 HOST_DEB822 = """\

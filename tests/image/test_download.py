@@ -9,7 +9,6 @@ import pytest
 import requests
 import urllib3.exceptions
 from click.testing import CliRunner
-from httpserver import HTTPTestServer
 
 from labctl.cli.image import ImageEnv, image
 from labctl.errors import ImageError
@@ -17,10 +16,13 @@ from labctl.image.cache import ImageCache
 from labctl.image.download import Timeouts, fetch
 from labctl.lab.catalog import ImageSpec, parse_catalog
 from labctl.progress import BarProgress, LineProgress, NullProgress, make_progress
+from tests.httpserver import HTTPTestServer
 
 BODY = random.Random(1).randbytes(300_000)
 OTHER = random.Random(2).randbytes(250_000)
 FAST = Timeouts(connect=5, read=5)
+
+pytestmark = pytest.mark.races  # a real HTTP server in a thread, timeouts and stalls
 
 
 def sha512(data: bytes) -> str:

@@ -3,24 +3,20 @@
 import json
 from ipaddress import IPv4Network
 
-import libvirt
 import pytest
 
-from labctl.backends.libvirt.backend import LibvirtBackend
-from labctl.backends.libvirt.facts import Probes, gather_facts, image_check
-from labctl.backends.libvirt.xml import Tag, network_xml
+from labctl.backends.base import ForeignNetwork, HypervisorFacts, Tool
+from labctl.backends.libvirt.xml import bridge_device
 from labctl.errors import BackendError, LabError
 from labctl.image.cache import ImageCache
 from labctl.lab.accel import HostFacts
 from labctl.lab.config import parse_lab
-from labctl.lab.plan import plan_lab
 from labctl.ops.doctor import (
     FAIL,
     OK,
     WARN,
     Check,
     Facts,
-    LibvirtNetwork,
     Route,
     blocking_failures,
     check_accel,
@@ -31,12 +27,12 @@ from labctl.ops.doctor import (
     check_subnets,
     free_cidr,
     parse_addresses,
-    parse_libvirt_network,
     parse_meminfo,
     parse_routes,
     refuse_if_blocked,
     run_checks,
 )
+from labctl.ops.preflight import Probes, gather_facts, image_check
 
 PVM_ONLY = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_pvm"}))
 KVM = HostFacts(kvm_device=True, modules=frozenset({"kvm", "kvm_intel"}))
@@ -119,11 +115,15 @@ def test_a_wider_route_only_warns(plan):
 
 
 def test_the_labs_own_bridges_do_not_count(plan, bridged):
-    own = [Route(net.cidr, net.bridge) for net in plan.networks]
-    assert only(check_subnets(plan, own)).status == OK
+    devices = {bridge_device("k8s", net) for net in plan.networks}
+    own = [Route(net.cidr, bridge_device("k8s", net)) for net in plan.networks]
+    assert only(check_subnets(plan, own, own=devices)).status == OK
+    assert {check.status for check in check_subnets(plan, own)} == {FAIL}
     # Bridge mode: the internal range is the LAN on the user's bridge, which is expected.
-    assert only(check_subnets(bridged, [Route(IPv4Network("192.168.1.0/24"), "br0", "address")])).status == OK
-    assert only(check_subnets(bridged, [Route(IPv4Network("192.168.1.0/24"), "eth0")])).status == FAIL
+    lan = {bridge_device("k8s", net) for net in bridged.networks}
+    assert "br0" in lan
+    assert only(check_subnets(bridged, [Route(IPv4Network("192.168.1.0/24"), "br0", "address")], own=lan)).status == OK
+    assert only(check_subnets(bridged, [Route(IPv4Network("192.168.1.0/24"), "eth0")], own=lan)).status == FAIL
 
 
 def test_remote_routes_are_not_checked(plan):
@@ -183,19 +183,11 @@ def test_missing_bridge_in_bridge_mode_fails(bridged, plan):
     assert check_bridge(plan, frozenset()) is None  # isolated mode needs no host bridge
 
 
-def test_parse_libvirt_network_reads_tag_and_range(plan):
-    net = plan.network("internal")
-    parsed = parse_libvirt_network(network_xml(net, Tag("k8s", "abc", "network")), net.libvirt_name)
-    assert parsed == LibvirtNetwork("k8s-internal", "k8s", (net.cidr,))
-    bare = "<network><name>default</name><ip address='192.168.122.1' netmask='255.255.255.0'/></network>"
-    assert parse_libvirt_network(bare, "default") == LibvirtNetwork("default", None, (IPv4Network("192.168.122.0/24"),))
-
-
 def test_other_labs_networks_on_our_ranges_and_name_clashes_fail(plan):
     nat = plan.network("nat").cidr
-    networks = [LibvirtNetwork("k8s-nat", "k8s", (nat,)),  # ours
-                LibvirtNetwork("dev-nat", "dev", (nat,)),
-                LibvirtNetwork("default", None, (IPv4Network("192.168.122.0/24"),))]
+    networks = [ForeignNetwork("k8s-nat", "k8s", (nat,)),  # ours
+                ForeignNetwork("dev-nat", "dev", (nat,)),
+                ForeignNetwork("default", None, (IPv4Network("192.168.122.0/24"),))]
     checks = check_other_labs(plan, networks, ["domain k8s-master1"])
     assert [check.status for check in checks] == [FAIL, FAIL]
     assert checks[0].message == "domain k8s-master1 exists but is not part of lab k8s"
@@ -208,9 +200,11 @@ def test_other_labs_networks_on_our_ranges_and_name_clashes_fail(plan):
 
 
 def test_blocking_failures_are_the_fails_and_up_refuses_with_them(plan):
-    facts = Facts(uri="qemu:///system", local=True, accel=PVM_ONLY, qemu_img=True, mem_available_mib=2048,
-                  disk_free=500 * GIB, routes=(), bridges=frozenset(), networks=(),
-                  image=Check("image", OK, "cached"))
+    qemu_img = Tool("qemu-img", True, "libvirt makes the nodes' copy-on-write disks with it", "install qemu-utils")
+    hypervisor = HypervisorFacts("qemu:///system", True, accel=PVM_ONLY, tools=(qemu_img,), disk_free=500 * GIB,
+                                 networks=())
+    facts = Facts("libvirt", "qemu:///system", True, hypervisor, mem_available_mib=2048, routes=(),
+                  bridges=frozenset(), image=Check("image", OK, "cached"))
     checks = run_checks(plan, facts)
     assert [check.name for check in checks] == ["libvirt", "accelerator", "qemu-img", "memory", "disk", "subnets",
                                                 "other labs", "image", "seed tooling"]
@@ -227,7 +221,6 @@ def fake_probes(**overrides):
                ("ip", "-j", "link", "show", "type", "bridge"): json.dumps([{"ifname": "virbr0"}])}
     defaults = {"run": lambda argv: outputs[tuple(argv)],
                 "read_text": lambda path: "MemTotal: 16000000 kB\nMemAvailable:    3145728 kB\n",
-                "which": lambda name: f"/usr/bin/{name}",
                 "importable": lambda name: True,
                 "host_facts": lambda: PVM_ONLY}
     return Probes(**{**defaults, **overrides})
@@ -238,14 +231,40 @@ def unreachable():
 
 
 def test_gather_without_libvirt(plan, tmp_path):
-    facts = gather_facts(plan, unreachable, "test:///default", probes=fake_probes(), cache=ImageCache(tmp_path))
-    assert facts.libvirt_error == "cannot connect to libvirt at test:///default: no socket"
-    assert facts.libvirt_fix == "is libvirtd running?"
-    assert facts.mem_available_mib == 3072 and facts.accel == PVM_ONLY and facts.qemu_img is True
+    facts = gather_facts(plan, "libvirt", "test:///default", unreachable, local=True, probes=fake_probes(),
+                         cache=ImageCache(tmp_path))
+    assert facts.hypervisor is None
+    assert facts.connect_error == "cannot connect to libvirt at test:///default: no socket"
+    assert facts.connect_fix == "is libvirtd running?"
+    assert facts.mem_available_mib == 3072 and facts.host_accel == PVM_ONLY
     assert facts.routes is not None and Route(IPv4Network("10.213.51.0/24"), "docker0") in facts.routes
-    assert facts.bridges == frozenset({"virbr0"}) and facts.networks is None
-    failed = {check.name for check in blocking_failures(run_checks(plan, facts))}
-    assert failed == {"libvirt", "memory", "subnets"}
+    assert facts.bridges == frozenset({"virbr0"})
+    checks = run_checks(plan, facts)
+    assert {check.name for check in blocking_failures(checks)} == {"libvirt", "memory", "subnets"}
+    assert next(check for check in checks if check.name == "accelerator").status == WARN  # TCG on PVM-only
+
+
+def test_remote_hypervisor_facts_come_from_the_backend(plan, tmp_path):
+    remote = HypervisorFacts("qemu+ssh://far/system", False, accel=KVM, mem_available_mib=65536,
+                             tools=(Tool("qemu-img", None, "disks", "install qemu-utils"),), networks=())
+    facts = gather_facts(plan, "libvirt", "qemu+ssh://far/system", lambda: FactsOnly(remote), local=False,
+                         probes=fake_probes(), cache=ImageCache(tmp_path))
+    assert facts.routes is None and facts.mem_available_mib is None and facts.host_accel is None
+    checks = {check.name: check for check in run_checks(plan, facts)}
+    assert checks["libvirt"].line() == "OK    libvirt: connected to qemu+ssh://far/system"
+    assert checks["memory"].status == OK and checks["accelerator"].status == OK
+    assert checks["qemu-img"].status == WARN and "remote hypervisor" in checks["qemu-img"].message
+    assert checks["subnets"].status == WARN
+
+
+class FactsOnly:
+    """A connected backend as far as gather_facts looks: its facts."""
+
+    def __init__(self, facts):
+        self.facts = facts
+
+    def doctor_facts(self, plan):
+        return self.facts
 
 
 def test_gather_when_ip_is_missing(plan, tmp_path):
@@ -253,29 +272,10 @@ def test_gather_when_ip_is_missing(plan, tmp_path):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
 
     probes = fake_probes(run=no_ip)
-    facts = gather_facts(plan, unreachable, "test:///default", probes=probes, cache=ImageCache(tmp_path))
+    facts = gather_facts(plan, "libvirt", "test:///default", unreachable, local=True, probes=probes,
+                         cache=ImageCache(tmp_path))
     assert facts.routes is None
     assert only(check_subnets(plan, facts.routes, facts.local)).status == WARN
-
-
-def test_gather_through_libvirt_finds_clashes(plan, tmp_path):
-    """libvirt's in-process test driver: no daemon, no network."""
-    conn = libvirt.open("test:///default")
-    conn.networkDefineXML(network_xml(plan.network("internal"), Tag("k8s", "abc", "network")))
-    other = plan_lab(parse_lab(f"name: dev\nnetworks: {{nat: {{cidr: {plan.network('nat').cidr}}}}}", "t"))
-    conn.networkDefineXML(network_xml(other.network("nat"), Tag("dev", "def", "network")))
-    conn.defineXML("<domain type='test'><name>k8s-master1</name><memory>1024</memory>"
-                   "<os><type>hvm</type></os></domain>")
-    backend = LibvirtBackend(conn, pool_dir=str(tmp_path / "pool"))
-    facts = gather_facts(plan, lambda: backend, "test:///default", probes=fake_probes(), cache=ImageCache(tmp_path))
-    assert facts.libvirt_error is None and facts.uri == "test:///default"
-    assert facts.defined == {"master1"} and facts.running == frozenset()
-    assert facts.foreign == ("domain k8s-master1",)
-    assert facts.disk_free is not None and facts.disk_free > 0
-    messages = [check.message for check in check_other_labs(plan, facts.networks, facts.foreign)]
-    assert messages[0] == "domain k8s-master1 exists but is not part of lab k8s"
-    assert any("of lab dev's network dev-nat" in message for message in messages)
-    assert not any("k8s-internal" in message for message in messages)  # our own network
 
 
 def test_image_check(plan, tmp_path):

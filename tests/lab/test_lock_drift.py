@@ -25,6 +25,7 @@ with lab_lock(state, "up", clock=time.monotonic, sleep=time.sleep):
 """
 
 
+@pytest.mark.races
 def test_second_holder_is_refused_with_pid_and_command(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

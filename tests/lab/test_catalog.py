@@ -109,7 +109,7 @@ def test_direct_kernel_boot_fields(tmp_path):
         ({"url": URL, "sha512": 12}, "image.sha512", "hex string"),
         ({"url": "ftp://e.org/x.qcow2", "sha512": HEX512}, "image.url", "http(s) URL"),
         ({"url": "https://e.org/", "sha512": HEX512}, "image.url", "http(s) URL of a file"),
-        ({"url": URL, "sha512": HEX512, "sha521": 1}, "image.sha521", "did you mean 'sha512'?"),
+        ({"url": URL, "sha512": HEX512, "sha521": 1}, "image.sha521", "did you mean `sha512`?"),
         ({"url": URL, "sha512": HEX512, "format": "qcow"}, "image.format", "did you mean 'qcow2'?"),
         ({"url": URL, "sha512": HEX512, "arch": "x86_64"}, "image.arch", "one of amd64, arm64"),
         ({"url": URL, "sha512": HEX512, "name": "a b"}, "image.name", "invalid image name"),

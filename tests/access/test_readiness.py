@@ -10,13 +10,13 @@ import pytest
 from labctl.access.readiness import (
     REMOTE_PHASE,
     PhaseEvent,
-    PhaseView,
     console_tail,
     log_reader,
     parse_phases,
     ssh_phase_reader,
     wait_ready,
 )
+from labctl.cli.output import TerminalEvents
 from labctl.errors import LabError, ProvisionError
 from labctl.lab.config import parse_lab
 from labctl.lab.plan import plan_lab
@@ -73,7 +73,7 @@ def test_wait_until_every_node_is_ready_plain_lines():
     plan = small_plan()
     timeline = {name: [(4, f"labctl-phase: {name} prepare"), (10, f"labctl-phase: {name} ready")]
                 for name in plan.node_names}
-    progress = wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
+    progress = wait_ready(plan.nodes, scripted(timeline, fake), TerminalEvents(out, tty=False), timeout=60,
                           clock=fake.clock, sleep=fake.sleep)
     assert progress.all_ready
     lines = out.getvalue().splitlines()
@@ -89,7 +89,7 @@ def test_failure_names_node_and_step_and_shows_the_console_tail():
                 "lb1": [(0, "labctl-phase: lb1 ready")],
                 "master1": [(2, "kubeadm: something broke"), (2, "labctl-phase: master1 failed kubeadm-init")]}
     with pytest.raises(ProvisionError) as caught:
-        wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=False), timeout=60,
+        wait_ready(plan.nodes, scripted(timeline, fake), TerminalEvents(out, tty=False), timeout=60,
                    clock=fake.clock, sleep=fake.sleep)
     message = str(caught.value)
     assert message.startswith("node master1 failed at step kubeadm-init")
@@ -102,7 +102,7 @@ def test_timeout_lists_who_is_not_ready():
     plan = small_plan()
     timeline = {"gateway": [(0, "labctl-phase: gateway ready")], "lb1": [(5, "labctl-phase: lb1 haproxy")]}
     with pytest.raises(ProvisionError, match=r"not ready after 30s: lb1 \(haproxy\), master1 \(booting\)"):
-        wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(io.StringIO(), tty=False), timeout=30,
+        wait_ready(plan.nodes, scripted(timeline, fake), TerminalEvents(io.StringIO(), tty=False), timeout=30,
                    clock=fake.clock, sleep=fake.sleep)
     assert fake.now - 1000.0 <= 32, "bounded"
 
@@ -111,7 +111,7 @@ def test_tty_view_redraws_a_table():
     fake, out = FakeTime(), io.StringIO()
     plan = small_plan()
     timeline = {name: [(2, f"labctl-phase: {name} ready")] for name in plan.node_names}
-    wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=True), timeout=60,
+    wait_ready(plan.nodes, scripted(timeline, fake), TerminalEvents(out, tty=True), timeout=60,
                clock=fake.clock, sleep=fake.sleep)
     text = out.getvalue()
     assert text.count("NODE") == 2 and "\x1b[4F\x1b[J" in text
@@ -123,7 +123,7 @@ def test_quiet_view_prints_nothing():
     fake = FakeTime()
     plan = small_plan()
     timeline = {name: [(0, f"labctl-phase: {name} ready")] for name in plan.node_names}
-    wait_ready(plan.nodes, scripted(timeline, fake), PhaseView(out, tty=False, quiet=True), timeout=5,
+    wait_ready(plan.nodes, scripted(timeline, fake), TerminalEvents(out, tty=False, quiet=True), timeout=5,
                clock=fake.clock, sleep=fake.sleep)
     assert out.getvalue() == ""
 
@@ -212,7 +212,7 @@ def test_a_failure_read_over_ssh_shows_the_step_and_cloud_init_tail():
     read = ssh_phase_reader(lambda name: out if name == "master1" else "ready\n", fake.clock, at_once)
     stream = io.StringIO()
     with pytest.raises(ProvisionError, match="node master1 failed at step kubeadm-init"):
-        wait_ready(small_plan().nodes, read, PhaseView(stream, tty=False), timeout=60,
+        wait_ready(small_plan().nodes, read, TerminalEvents(stream, tty=False), timeout=60,
                    clock=fake.clock, sleep=fake.sleep)
     assert "[init] error: bad config" in stream.getvalue()
 

@@ -26,9 +26,8 @@ def test_default_plan_nodes_names_and_addresses():
 def test_networks_plan():
     plan = plan_lab(load_lab())
     nat, internal = plan.networks
-    assert (nat.libvirt_name, nat.mode, internal.libvirt_name, internal.mode) == (
-        "k8s-nat", "nat", "k8s-internal", "isolated")
-    assert len(nat.bridge) <= 15 and len(internal.bridge) <= 15 and nat.bridge != internal.bridge
+    assert (nat.name, nat.mode, internal.name, internal.mode) == ("k8s-nat", "nat", "k8s-internal", "isolated")
+    assert nat.host_bridge is None and internal.host_bridge is None
     assert internal.host_address.ip == plan.lab.internal.cidr.network_address + 254
     assert nat.host_address.ip == plan.lab.nat.cidr.network_address + 1
 
@@ -42,7 +41,7 @@ def test_two_load_balancers_use_a_vip():
 def test_bridge_mode_has_no_host_address_and_uses_the_host_bridge():
     plan = plan_lab(parse_lab("networks: {internal: {mode: bridge, bridge: br0}}", "t"))
     internal = plan.network("internal")
-    assert internal.host_address is None and internal.bridge == "br0"
+    assert internal.host_address is None and internal.host_bridge == "br0"
 
 
 def test_plan_is_deterministic_and_macs_unique():

@@ -148,19 +148,6 @@ def test_needs_gateway(request, mode_plan, local, expected):
     assert access.needs_gateway(request.getfixturevalue(mode_plan), local) is expected
 
 
-@pytest.mark.parametrize(("uri", "local", "hop"), [
-    ("qemu:///system", True, None),
-    ("qemu:///session", True, None),
-    ("test:///default", True, None),
-    ("qemu+ssh://root@hv.example/system", False, "root@hv.example"),
-    ("qemu+ssh://hv:2222/system?keyfile=/k", False, "hv:2222"),
-    ("qemu+tls://hv.example/system", False, None),
-])
-def test_uri_locality_and_hypervisor_hop(uri, local, hop):
-    assert access.uri_is_local(uri) is local
-    assert access.hypervisor_hop(uri) == hop
-
-
 def blocks(text):
     """Host blocks of an ssh config: alias -> {option: value}."""
     found: dict[str, dict[str, str]] = {}
