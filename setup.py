@@ -17,7 +17,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["labctl", "labctl.backends", *DATA],
+    packages=["labctl", "labctl.backends", "labctl.backends.virtualbox", *DATA],
     package_dir=DATA,
     package_data={"labctl": ["lab.yaml"], **{name: ["*", "**/*"] for name in DATA}},
     exclude_package_data={name: ["__pycache__", "*.pyc"] for name in DATA},
