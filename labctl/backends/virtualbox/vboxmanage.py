@@ -290,6 +290,11 @@ class VBoxManage:
         registered with a VM)."""
         self.call("modifymedium", "disk", medium, "--type", medium_type)
 
+    def set_medium_autoreset(self, medium: str, on: bool) -> None:
+        """A differencing disk made on an immutable base starts with auto-reset on: emptied at every
+        VM start. A lab node's disk wants it off."""
+        self.call("modifymedium", "disk", medium, "--autoreset", "on" if on else "off")
+
     def close_medium(self, medium: str, kind: str = "disk", *, delete: bool = False) -> None:
         """Unregister a medium (``delete``: and delete its file). Refused while it has children or
         is attached."""
