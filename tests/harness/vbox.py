@@ -62,9 +62,6 @@ BUILD_TIMEOUT = 1800.0
 COMMAND_TIMEOUT = 600.0
 PRIVATE_MOUNTS = ("unshare", "--mount", "--propagation", "private", "--")
 
-Runner = Callable[..., tuple[int, str, str]]
-
-
 class HarnessError(RuntimeError):
     """The VirtualBox chroot could not be built, or the harness not started or stopped."""
 
