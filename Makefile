@@ -8,10 +8,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PACKAGES = libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils \
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client
 # What the tests need on top: dnsmasq and iptables for libvirt's NAT network in the private
-# daemon, mmdebstrap for offline images, and the validators of rendered role content.
+# daemon, mmdebstrap for offline images and for the VirtualBox chroot (with Debian's archive keys,
+# for sid), and the validators of rendered role content.
 TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables iproute2 \
-	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived nftables shellcheck cloud-init
+	util-linux mount e2fsprogs mmdebstrap debian-archive-keyring haproxy dnsmasq keepalived nftables shellcheck \
+	cloud-init
 
 .PHONY: lab host-deps test-deps venv test test-fast e2e bench lint destroy clean
 

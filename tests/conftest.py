@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from labctl.errors import LabError
+
 
 def pytest_addoption(parser):
     parser.addoption("--cpu-load", type=int, default=0, metavar="N",
@@ -57,13 +59,16 @@ def isolated_home(tmp_path_factory, monkeypatch):
 
 
 def pytest_report_header(config):
-    """Say up front whether the libvirt tests run against a real private libvirtd or fall back."""
-    from tests.harness.libvirtd import can_run
+    """Say up front whether the libvirt and VirtualBox tests run against the real thing."""
+    from tests.harness import libvirtd, vbox
 
-    ok, why = can_run()
-    if ok:
-        return f"libvirt: real private libvirtd in a network namespace ({why})"
-    return f"libvirt: NO private libvirtd ({why}); libvirt tests fall back to test:///default in-process"
+    ok, why = libvirtd.can_run()
+    libvirt_line = (f"libvirt: real private libvirtd in a network namespace ({why})" if ok else
+                    f"libvirt: NO private libvirtd ({why}); libvirt tests fall back to test:///default in-process")
+    ok, why = vbox.can_run()
+    vbox_line = (f"VirtualBox: real VBoxManage in a cached Debian sid chroot ({why})" if ok else
+                 f"VirtualBox: NO real VBoxManage ({why}); its tests skip (fail under CI)")
+    return [libvirt_line, vbox_line]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,24 @@ def daemon(request):
             yield running
     finally:
         shutil.rmtree(base, ignore_errors=True)  # the daemon has stopped: its dirs, pool and logs go
+
+
+@pytest.fixture(scope="session")
+def vbox():
+    """The real VBoxManage (VirtualBox 7 from Debian sid, in a chroot built once and cached), in a
+    private mount namespace of this session's own: ``vbox.run(argv)``, ``vbox.wrapper``,
+    ``vbox.work``. Skipped, with the reason printed, where it cannot run; under CI it fails instead."""
+    from tests.harness.vbox import HarnessError, VBoxHarness, can_run, ensure_chroot, unavailable
+
+    ok, why = can_run()
+    if not ok:
+        unavailable(why, ci=bool(os.environ.get("CI")))
+    try:
+        root = ensure_chroot()
+    except (HarnessError, LabError) as err:  # no mirror in the apt sources, mmdebstrap failed
+        unavailable(f"the VirtualBox chroot could not be built: {err}", ci=bool(os.environ.get("CI")))
+    with VBoxHarness(root) as harness:
+        yield harness
 
 
 @pytest.fixture(scope="module")
