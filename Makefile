@@ -8,10 +8,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST_PACKAGES = libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils \
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client
 # What the tests need on top: dnsmasq and iptables for libvirt's NAT network in the private
-# daemon, mmdebstrap for offline images, and the validators of rendered role content.
+# daemon, mmdebstrap for offline images, and the validators of rendered role content; for the
+# apt path (tests/e2e/test_aptpath_harness.py) the package proxy and its bridge (apt-cacher-ng,
+# socat, curl) and a signed apt repository (apt-utils, gpg, gpg-agent, debian-archive-keyring).
 TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables iproute2 \
-	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived shellcheck cloud-init
+	util-linux mount e2fsprogs mmdebstrap haproxy dnsmasq keepalived shellcheck cloud-init \
+	apt-cacher-ng socat curl apt-utils gpg gpg-agent debian-archive-keyring
 
 .PHONY: lab host-deps test-deps venv test test-fast e2e bench lint destroy clean
 
