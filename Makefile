@@ -9,11 +9,12 @@ HOST_PACKAGES = libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client
 # What the tests need on top: dnsmasq and iptables for libvirt's NAT network in the private
 # daemon, mmdebstrap for offline images and for the VirtualBox chroot (with Debian's archive keys,
-# for sid), and the validators of rendered role content.
+# for sid), the validators of rendered role content, and for the apt path the package proxy and its
+# bridge (apt-cacher-ng, socat, curl) and a signed apt repository (apt-utils, gpg, gpg-agent).
 TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
 	libvirt-dev pkg-config gcc python3-dev python3-venv openssh-client dnsmasq-base iptables iproute2 \
 	util-linux mount e2fsprogs mmdebstrap debian-archive-keyring haproxy dnsmasq keepalived nftables shellcheck \
-	cloud-init
+	cloud-init apt-cacher-ng socat curl apt-utils gpg gpg-agent
 
 .PHONY: lab host-deps test-deps venv test test-fast e2e bench lint destroy clean
 

@@ -21,7 +21,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from labctl.image import build as imagebuild
@@ -63,14 +63,24 @@ def standin_files() -> list[Path]:
     return sorted(p for p in STANDIN.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def cache_key(suite: str = SUITE, packages: Sequence[str] = PACKAGES) -> str:
-    """A digest of every input of the image build; a change to any of them means a new image."""
+def cache_key(
+    suite: str = SUITE,
+    packages: Sequence[str] = PACKAGES,
+    files: Sequence[Path] | None = None,
+    extra: Mapping[str, bytes] | None = None,
+) -> str:
+    """A digest of every input of an image build; a change to any of them means a new image.
+
+    ``files`` are the source files beyond labctl's builder (default: the stand-ins), ``extra``
+    any content the build lays into the image, by name."""
+    files = standin_files() if files is None else files
     inputs = {
         "suite": suite,
         "packages": sorted(packages),
         "base": sorted(imagebuild.BASE_PACKAGES),
         "files": {str(p.relative_to(REPO)): hashlib.sha256(p.read_bytes()).hexdigest()
-                  for p in (*BUILD_INPUTS, *standin_files())},
+                  for p in (*BUILD_INPUTS, *files)},
+        "extra": {name: hashlib.sha256(data).hexdigest() for name, data in (extra or {}).items()},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -78,13 +88,13 @@ def cache_key(suite: str = SUITE, packages: Sequence[str] = PACKAGES) -> str:
 # --- the stand-in packages ---------------------------------------------------------------------
 
 
-def package_trees() -> dict[str, tuple[dict[str, str], dict[str, bytes | str]]]:
+def package_trees(version: str = STANDIN_VERSION) -> dict[str, tuple[dict[str, str], dict[str, bytes | str]]]:
     """Package name -> (control fields, files by path: bytes for content, str for a symlink target)."""
     def read(name: str) -> bytes:
         return (STANDIN / name).read_bytes()
 
     script = f"/{LIB}/standin.py"
-    common = {"Version": STANDIN_VERSION, "Architecture": "all", "Maintainer": "labctl e2e <e2e@labctl.invalid>",
+    common = {"Version": version, "Architecture": "all", "Maintainer": "labctl e2e <e2e@labctl.invalid>",
               "Section": "admin", "Priority": "optional"}
     return {
         "labctl-standin": (
@@ -102,10 +112,10 @@ def package_trees() -> dict[str, tuple[dict[str, str], dict[str, bytes | str]]]:
     }
 
 
-def build_debs(out_dir: Path) -> list[Path]:
-    """The stand-in packages as .deb files in ``out_dir``, dependencies first."""
+def build_debs(out_dir: Path, version: str = STANDIN_VERSION) -> list[Path]:
+    """The stand-in packages at ``version`` as .deb files in ``out_dir``, dependencies first."""
     debs = []
-    for name, (control, files) in package_trees().items():
+    for name, (control, files) in package_trees(version).items():
         root = out_dir / f"{name}.tree"
         (root / "DEBIAN").mkdir(parents=True)
         fields = {"Package": name, **control}
@@ -128,13 +138,18 @@ def build_debs(out_dir: Path) -> list[Path]:
 def with_standins(run: Run, debs: Sequence[Path]) -> Run:
     """``run`` for build_image, adding to its mmdebstrap call the hooks that install ``debs``."""
     names = [f"{DEBS_IN_IMAGE}/{deb.name}" for deb in debs]
-    hooks = [
+    return with_hooks(run, [
         f"--customize-hook=mkdir -p \"$1\"{DEBS_IN_IMAGE}",
         "--customize-hook=" + shlex.join(["copy-in", *map(str, debs), DEBS_IN_IMAGE]),
         # Constant text: the deb names are ours. dpkg, not apt: they are local files.
         f"--customize-hook=chroot \"$1\" dpkg -i {' '.join(names)}",
         f"--customize-hook=rm -rf \"$1\"{DEBS_IN_IMAGE}",
-    ]
+    ])
+
+
+def with_hooks(run: Run, hooks: Sequence[str]) -> Run:
+    """``run`` for build_image, with ``hooks`` added to its mmdebstrap call after the builder's own
+    customize hooks (so after images/customize.sh); every other command runs unchanged."""
 
     def wrapped(argv: Sequence[str]) -> None:
         argv = list(argv)
@@ -149,8 +164,8 @@ def with_standins(run: Run, debs: Sequence[Path]) -> Run:
 # --- build, cache -----------------------------------------------------------------------------
 
 
-def cached_image(directory: Path) -> BuiltImage | None:
-    manifest = directory / f"{IMAGE_NAME}.json"
+def cached_image(directory: Path, name: str = IMAGE_NAME) -> BuiltImage | None:
+    manifest = directory / f"{name}.json"
     if not manifest.is_file():
         return None
     built = read_manifest(manifest)
@@ -160,23 +175,31 @@ def cached_image(directory: Path) -> BuiltImage | None:
 
 def e2e_image(log: Log = print, run: Run = imagebuild.run_command) -> tuple[BuiltImage, bool]:
     """The cached test image, built first if needed: (image, whether it was built)."""
+
+    def build(directory: Path) -> BuiltImage:
+        log(f"e2e image: building {directory.name} (suite {SUITE}, + {', '.join(PACKAGES)})")
+        with tempfile.TemporaryDirectory(prefix="debs-", dir=directory.parent) as debs_dir:
+            debs = build_debs(Path(debs_dir))
+            return build_image(IMAGE_NAME, directory, None, SUITE, PACKAGES, with_standins(run, debs), log=log)
+
+    return cached_build(IMAGE_NAME, SUITE, cache_key(), build)
+
+
+def cached_build(name: str, suite: str, key: str, build: Callable[[Path], BuiltImage]) -> tuple[BuiltImage, bool]:
+    """The image ``name`` cached under :func:`cache_dir` by its ``key``, else ``build(directory)``
+    (under the cache's lock: another run may be building it); (image, whether it was built)."""
     root = cache_dir()
-    key = cache_key()
-    directory = root / f"{IMAGE_NAME}-{SUITE}-{key}"
-    with host_lock(root / ".lock", timeout=BUILD_LOCK_TIMEOUT):  # another run may be building it
-        image = cached_image(directory)
+    directory = root / f"{name}-{suite}-{key}"
+    with host_lock(root / ".lock", timeout=BUILD_LOCK_TIMEOUT):
+        image = cached_image(directory, name)
         if image is not None:
             return image, False
-        log(f"e2e image: building {directory.name} (suite {SUITE}, + {', '.join(PACKAGES)})")
-        _remove_stale(root, keep=directory)
-        with tempfile.TemporaryDirectory(prefix="debs-", dir=root) as debs_dir:
-            debs = build_debs(Path(debs_dir))
-            image = build_image(IMAGE_NAME, directory, None, SUITE, PACKAGES, with_standins(run, debs), log=log)
-    return image, True
+        _remove_stale(root, name, keep=directory)
+        return build(directory), True
 
 
-def _remove_stale(root: Path, keep: Path) -> None:
-    """Older e2e images (other keys) go: one cached image per machine is enough."""
-    for entry in root.glob(f"{IMAGE_NAME}-*"):
+def _remove_stale(root: Path, name: str, keep: Path) -> None:
+    """Older builds of image ``name`` (other keys) go: one cached image of each per machine is enough."""
+    for entry in root.glob(f"{name}-*"):
         if entry != keep and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)

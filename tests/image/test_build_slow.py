@@ -23,6 +23,7 @@ import yaml
 from labctl.guest.seed import build_seed_iso
 from labctl.image.build import BuiltImage, build_image, file_sha512, plan_packages, read_manifest
 from labctl.resources import read_text
+from tests.imagefs import debugfs, exists, installed_packages, to_raw
 
 pytestmark = pytest.mark.slow
 
@@ -82,27 +83,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def raw(built: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image's file system as a raw file, for debugfs."""
-    path = tmp_path_factory.mktemp("raw") / "root.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(built.path), str(path)], check=True)
-    return path
-
-
-def debugfs(raw: Path, request: str) -> str:
-    result = subprocess.run(["debugfs", "-R", request, str(raw)], capture_output=True, text=True, check=True)
-    return result.stdout
-
-
-def exists(raw: Path, path: str) -> bool:
-    return "Inode:" in debugfs(raw, f"stat {path}")
-
-
-def installed_packages(raw: Path) -> set[str]:
-    status = debugfs(raw, "cat /var/lib/dpkg/status")
-    return {
-        stanza["Package"]
-        for stanza in (dict(re.findall(r"^([A-Za-z-]+): (.*)$", block, re.M)) for block in status.split("\n\n"))
-        if stanza.get("Status") == "install ok installed"
-    }
+    return to_raw(built.path, tmp_path_factory.mktemp("raw") / "root.raw")
 
 
 def test_kernel_and_initrd_beside_the_image_match_the_one_inside(built: BuiltImage, raw: Path) -> None:
