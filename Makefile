@@ -52,8 +52,9 @@ bench: venv
 	$(VENV)/bin/python -m pytest -q benchmarks --benchmark-only
 
 lint: venv
-	$(VENV)/bin/ruff check labctl tests
+	$(VENV)/bin/ruff check labctl tests benchmarks
 	$(VENV)/bin/mypy labctl
+	$(VENV)/bin/lint-imports
 
 destroy: venv
 	$(LABCTL) destroy --yes

@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
-        "lint": ["ruff>=0.5", "mypy>=1.8", "types-PyYAML", "types-requests"],
+        "lint": ["ruff>=0.5", "mypy>=1.8", "types-PyYAML", "types-requests", "import-linter>=2.0"],
     },
     entry_points={"console_scripts": ["labctl = labctl.cli.main:main"]},
 )
