@@ -221,6 +221,21 @@ def run_output(argv: Sequence[str], timeout: float) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def run_checked(argv: Sequence[str], what: str, timeout: float, data: str = "") -> str:
+    """Run ``argv`` (an ssh command) with ``data`` on its stdin, bounded by ``timeout``; its stdout.
+    A failure is a one-line LabError naming ``what`` and the last line the command printed."""
+    try:
+        done = subprocess.run(list(argv), input=data, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise LabError(f"{what}: no answer within {int(timeout)}s") from err
+    except OSError as err:
+        raise _cannot_run(argv[0], err) from err
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}").splitlines()[-1]
+        raise LabError(f"{what}: {said}")
+    return done.stdout
+
+
 def read_from(path: Path, offset: int) -> tuple[bytes, int]:
     """The bytes of ``path`` after ``offset``, and the new offset; a truncated file is read from its start."""
     with path.open("rb") as handle:

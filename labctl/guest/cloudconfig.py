@@ -38,6 +38,8 @@ from labctl.resources import read_text
 
 SCRIPT_DIR = "/usr/local/lib/labctl"
 BOOTSTRAP = f"{SCRIPT_DIR}/bootstrap"
+REFRESH = f"{SCRIPT_DIR}/refresh"  # run over ssh by `up` when the lab grows (labctl.ops.grow)
+REFRESHED_BY = ("gateway", "lb", "master")  # the roles that learn about added nodes
 ROLE_SCRIPTS = {
     "gateway": ("gateway.sh",),
     "lb": ("lb.sh",),
@@ -103,6 +105,8 @@ def write_file(path: str, content: str, permissions: str) -> dict[str, Any]:
 def _script_files(role: str) -> list[dict[str, Any]]:
     files = [write_file(BOOTSTRAP, read_text("cloud-init", "scripts/bootstrap"), "0755"),
              write_file(f"{SCRIPT_DIR}/announce", read_text("cloud-init", "scripts/announce"), "0755")]
+    if role in REFRESHED_BY:
+        files.append(write_file(REFRESH, read_text("cloud-init", "scripts/refresh"), "0755"))
     for name in ("lib.sh", *ROLE_SCRIPTS[role]):
         files.append(write_file(f"{SCRIPT_DIR}/{name}", read_text("cloud-init", f"scripts/{name}"), PUBLIC))
     return files

@@ -16,6 +16,7 @@ from labctl.pki.secrets import TOKEN, LabSecrets
 
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
 BOOTSTRAP_TTL = "24h0m0s"  # joins happen during the first boot; the token is useless a day later
+BOOTSTRAP_TTL_SECONDS = 24 * 3600
 TOKEN_GROUPS = ["system:bootstrappers:kubeadm:default-node-token"]
 TOKEN_USAGES = ["signing", "authentication"]
 ETCD_DATA_DIR = "/var/lib/etcd"

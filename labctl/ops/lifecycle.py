@@ -33,8 +33,9 @@ from labctl.lab.lock import lab_lock
 from labctl.lab.model import Lab
 from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState
+from labctl.ops import grow
 from labctl.ops.events import Events
-from labctl.ops.ready import READY_TIMEOUT, await_ready
+from labctl.ops.ready import READY_TIMEOUT, await_ready, route_to
 from labctl.pki.secrets import ensure_secrets
 
 Clock = Callable[[], float]
@@ -79,17 +80,36 @@ def up(plan: Plan, backend: Backend, state: LabState, events: Events, *, supply_
         gate(plan, backend)
     image = supply_image(plan.lab)
     with lab_lock(state, "up", clock=clock, sleep=sleep):
-        changes, lab_id, offsets = apply(plan, backend, state, image, accel, events)
+        applied = apply(plan, backend, state, image, accel, events)
         if not wait:
-            return UpResult(changes, lab_id, ready=False)
-        await_ready(plan, backend, state, plan.nodes, offsets, events, timeout=timeout, clock=clock, sleep=sleep)
-        remove_seeds(plan, backend, lab_id, events)
-    return UpResult(changes, lab_id, ready=True)
+            if applied.pending:
+                events.note(f"the running lab learns of its {len(applied.growth.added)} new node(s) once it is ready: "
+                            "run `labctl up` (without --no-wait) to finish")
+            return UpResult(applied.changes, applied.lab_id, ready=False)
+        deadline = clock() + timeout
+        if applied.pending:  # the lab as it was must be up before it can learn of its new nodes
+            earlier = [node for node in plan.nodes if node not in applied.growth.added]
+            await_ready(plan, backend, state, earlier, applied.offsets, events, timeout=timeout, clock=clock,
+                        sleep=sleep)
+            grow.refresh(plan, state, route_to(plan, backend, state), applied.pending, events.note)
+        await_ready(plan, backend, state, plan.nodes, applied.offsets, events, timeout=max(deadline - clock(), 1.0),
+                    clock=clock, sleep=sleep)
+        remove_seeds(plan, backend, applied.lab_id, events)
+    return UpResult(applied.changes, applied.lab_id, ready=True)
+
+
+@dataclass(frozen=True)
+class Applied:
+    changes: int
+    lab_id: str
+    offsets: dict[str, int]  # where each node's console log stood before this run started it
+    growth: grow.Growth
+    pending: tuple[str, ...]  # what the running lab must learn of its new nodes (labctl.ops.grow)
 
 
 def apply(plan: Plan, backend: Backend, state: LabState, image: BaseImage, accel: Accel,
-          events: Events) -> tuple[int, str, dict[str, int]]:
-    """The plan's objects, ensured one step at a time; (changes made, lab id, console offsets)."""
+          events: Events) -> Applied:
+    """The plan's objects, ensured one step at a time."""
     lab = plan.lab
     wanted = plan_fingerprint(plan)
     built = state.record().get("built")
@@ -101,8 +121,10 @@ def apply(plan: Plan, backend: Backend, state: LabState, image: BaseImage, accel
                               + ", ".join(refused), "revert those changes, or rebuild with "
                               "`labctl destroy --yes` then `labctl up`")
     lab_id = lab_id_for(plan, backend, state, existing)
+    growth = grow.plan_growth(plan, built if existing else None)
     state.save_record({**state.record(), "name": lab.name, "id": lab_id, "image_digest": image.digest,
                        "built": wanted})
+    pending = grow.prepare(plan, state, growth)  # before the seeds: they may need a fresh token
     changes = 0
 
     def step(what: str, did: str) -> None:
@@ -117,7 +139,8 @@ def apply(plan: Plan, backend: Backend, state: LabState, image: BaseImage, accel
     for node in plan.nodes:
         request = NodeRequest(node, node_tag(lab.name, lab_id, node.role, node.name), seeds[node.name], accel, image)
         step(f"node {node.name}", backend.ensure_node(request))
-    return changes, lab_id, start_nodes(plan.nodes, backend, step)
+    offsets = start_nodes(plan.nodes, backend, step)
+    return Applied(changes, lab_id, offsets, growth, pending)
 
 
 def lab_id_for(plan: Plan, backend: Backend, state: LabState, ids: set[str] | None = None) -> str:

@@ -149,6 +149,23 @@ def keepalived_router_id(lab_name: str) -> int:
     return int.from_bytes(hashlib.sha256(lab_name.encode()).digest(), "big") % 255 + 1
 
 
+def renew_bootstrap_token(state: LabState) -> str:
+    """Replace the lab's bootstrap token with a new one (for nodes joining a lab whose token has expired)."""
+    _, make = TEXT_SECRETS["token"]
+    token = make()
+    _PkiDir.open(state.root / PKI_DIR).write("token", token + "\n")
+    return token
+
+
+def bootstrap_token_age(state: LabState, now: float) -> float | None:
+    """Seconds since the lab's bootstrap token was made (None: not made yet). It was made before
+    `kubeadm init` registered it, so its real expiry comes later than this age suggests."""
+    try:
+        return now - (state.root / PKI_DIR / "token").stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def random_text(alphabet: str, length: int) -> str:
     return "".join(choice(alphabet) for _ in range(length))
 

@@ -505,14 +505,53 @@ def test_12_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -
     e2e.timings.notes["up_again_phases"] = phase_timeline(lines, ["gateway", "lb1", "master1"])
     assert code == 0, failure_report(small, lines)
     assert small.ssh_ok("master1", "hostname").strip() == "master1"
-    again = small.labctl("destroy", "--yes", timeout=300)
-    assert again.returncode == 0, again.stderr
+    e2e.facts["small"] = small  # grown by check 13, which destroys it
 
 
-# --- 13. sabotage ----------------------------------------------------------------------------
+# --- 13. a running lab grows by a worker ----------------------------------------------------------
 
 
-def test_13_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
+def test_13_a_worker_added_to_lab_yaml_joins_the_running_lab_with_a_fresh_token(e2e: E2E) -> None:
+    small: Lab = e2e.facts["small"]
+    try:
+        haproxy_before = small.ssh_ok("lb1", "sudo", "sha256sum", "/etc/haproxy/haproxy.cfg")
+        first_token = (small.pki_dir / "token").read_text().strip()
+        expired = time.time() - 2 * 86400  # as if the lab had been up for two days: kubeadm's token is gone
+        os.utime(small.pki_dir / "token", (expired, expired))
+        grown = lab_for(e2e.daemon, e2e.work, LAB, lab_text(LAB, e2e.image_entry, masters=1, workers=1))
+        # `up` tells the running lab over ssh: run it inside the namespace, as everything that reaches a VM.
+        argv = ["ip", "netns", "exec", grown.netns, sys.executable, "-m", "labctl", "up",
+                "--timeout", str(SMALL_UP_TIMEOUT)]
+        with e2e.timings.measure("labctl up: the running lab grows by worker1"):
+            code, lines = grown.up(SMALL_UP_TIMEOUT, e2e.work / "up-grown.log", argv=argv)
+        output = [line for _, line in lines]
+        assert code == 0, failure_report(grown, lines)
+        assert "node worker1: created" in output and "master1: bootstrap token registered for the new nodes" in output
+        assert "gateway: lab DNS knows the new nodes" in output and "lb1:" not in " ".join(output), output
+        token = (grown.pki_dir / "token").read_text().strip()
+        assert token != first_token
+        [created] = [c for c in calls_of(grown, "master1", "kubeadm", "token") if "create" in c["argv"]]
+        assert created["token"] == token and created["exit"] == 0, created
+        [join] = calls_of(grown, "worker1", "kubeadm", "join")
+        discovery = config_docs(join)["JoinConfiguration"]["discovery"]["bootstrapToken"]
+        assert discovery["token"] == token and join["exit"] == 0, join
+        assert discovery["caCertHashes"] == [ca_cert_hash((grown.pki_dir / "ca.crt").read_text())]
+        worker = grown.plan.node("worker1")
+        # From every other node (worker1's own name is answered by its /etc/hosts, not by DNS).
+        seen = grown.each_node(lambda node: grown.ssh_ok(node, "getent", "hosts", worker.fqdn) if node != "worker1"
+                               else str(worker.internal.address.ip))
+        assert {node: text.split()[0] for node, text in seen.items()} == dict.fromkeys(
+            grown.plan.node_names, str(worker.internal.address.ip)), seen
+        assert small.ssh_ok("lb1", "sudo", "sha256sum", "/etc/haproxy/haproxy.cfg") == haproxy_before
+        assert json.loads((grown.state_dir / "lab.json").read_text())["refresh"] == []
+    finally:
+        small.labctl("destroy", "--yes", timeout=300)
+
+
+# --- 14. sabotage ----------------------------------------------------------------------------
+
+
+def test_14_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
     bad = lab_for(e2e.daemon, e2e.work, SABOTAGED, lab_text(SABOTAGED, e2e.image_entry, masters=1, workers=0))
     argv = [sys.executable, "-m", "tests.e2e.sabotage", "master1", "up", "--timeout", str(SMALL_UP_TIMEOUT)]
     try:

@@ -111,6 +111,18 @@ def test_kubeadm_init_records_the_call_and_makes_a_ca_signed_serving_cert(root: 
     assert admin["clusters"][0]["cluster"]["server"] == f"https://{API}:6443"
 
 
+def test_token_create_and_list_know_init_tokens_and_new_ones(root: Path) -> None:
+    assert tool(root, "kubeadm", "init", "--config", write(root, "/etc/k.yaml", INIT_CONFIG)).returncode == 0
+    made = tool(root, "kubeadm", "token", "create", "zyxwvu.9876543210zyxwvu", "--ttl", "24h0m0s",
+                "--kubeconfig", "/etc/kubernetes/admin.conf", "--description", "added nodes")
+    assert made.returncode == 0 and made.stdout.strip() == "zyxwvu.9876543210zyxwvu"
+    listed = tool(root, "kubeadm", "token", "list", "--kubeconfig", "/etc/kubernetes/admin.conf")
+    tokens = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert tokens == ["abcdef.0123456789abcdef", "zyxwvu.9876543210zyxwvu"]
+    assert [entry.get("token") for entry in calls(root)] == [None, "zyxwvu.9876543210zyxwvu", None]
+    assert tool(root, "kubeadm", "token", "delete", "abcdef").returncode == 1  # not played: never faked silently
+
+
 def test_kubeadm_refuses_a_broken_config_and_records_why(root: Path) -> None:
     config = write(root, "/etc/labctl/kubeadm.yaml", "this: [is not\n")
     done = tool(root, "kubeadm", "init", "--config", config)

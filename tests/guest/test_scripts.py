@@ -15,7 +15,8 @@ from labctl.lab.config import load_lab
 from labctl.lab.plan import plan_lab
 from labctl.resources import data_file, read_text
 
-SCRIPTS = ("bootstrap", "announce", "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
+ENTRY_POINTS = ("bootstrap", "announce", "refresh")  # executables; the rest are sourced
+SCRIPTS = (*ENTRY_POINTS, "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
 STUB = """#!/bin/sh
 {{ for arg in "$@"; do printf '%s\\n' "$arg"; done; echo @@; }} >>"$STUB_LOG/{name}"
 {body}
@@ -115,13 +116,13 @@ def test_every_script_passes_shellcheck():
 
 
 def test_scripts_are_strict_and_shipped():
-    for entry in ("bootstrap", "announce"):
+    for entry in ENTRY_POINTS:
         assert read_text("cloud-init", f"scripts/{entry}").startswith("#!/bin/sh\n")
         assert "\nset -eu\n" in read_text("cloud-init", f"scripts/{entry}")
-    for name in SCRIPTS[2:]:
+    for name in SCRIPTS[len(ENTRY_POINTS):]:
         assert read_text("cloud-init", f"scripts/{name}").startswith("# shellcheck shell=sh\n")
     shipped = {name for names in ROLE_SCRIPTS.values() for name in names}
-    assert shipped | {"bootstrap", "announce", "lib.sh"} == set(SCRIPTS)
+    assert shipped | {*ENTRY_POINTS, "lib.sh"} == set(SCRIPTS)
 
 
 # --- lib.sh -----------------------------------------------------------------------------------

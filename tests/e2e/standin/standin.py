@@ -315,9 +315,46 @@ def bring_up(command: str, config: dict[str, dict], entry: dict) -> None:
     write_kubeconfig("/etc/kubernetes/kubelet.conf", f"https://{endpoint}")
 
 
+TOKENS = f"{STATE_DIR}/tokens"  # the bootstrap tokens this "cluster" knows: init's, then `token create`'s
+
+
+def remember_token(token: str) -> None:
+    os.makedirs(path(STATE_DIR), exist_ok=True)
+    with open(path(TOKENS), "a", encoding="utf-8") as out:
+        out.write(token + "\n")
+
+
+def known_tokens() -> list[str]:
+    return (read_text(TOKENS) or "").split()
+
+
+def token(argv: list[str], entry: dict) -> int:
+    """``kubeadm token create TOKEN …`` remembers TOKEN; ``kubeadm token list`` prints them as kubeadm does."""
+    words = argv[argv.index("token") + 1:]
+    action = words[0] if words else ""
+    if action == "create" and len(words) > 1 and not words[1].startswith("-"):
+        entry.update(token=words[1], exit=0)
+        record(entry)
+        remember_token(words[1])
+        print(words[1])
+        return 0
+    if action == "list":
+        record({**entry, "exit": 0})
+        print("TOKEN                     TTL         EXPIRES   USAGES                   DESCRIPTION   EXTRA GROUPS")
+        for known in known_tokens():
+            print(f"{known}   23h   -   authentication,signing   labctl-standin   "
+                  "system:bootstrappers:kubeadm:default-node-token")
+        return 0
+    record({**entry, "exit": 1})
+    print(f"standin: kubeadm token {action}: not played", file=sys.stderr)
+    return 1
+
+
 def kubeadm(argv: list[str]) -> int:
     command = next((arg for arg in argv if not arg.startswith("-")), "")
     entry = base_entry("kubeadm", argv)
+    if command == "token":
+        return token(argv, entry)
     if command not in CONFIG_KINDS:
         record(entry)
         if command == "version":
@@ -332,6 +369,9 @@ def kubeadm(argv: list[str]) -> int:
         return 1
     entry.update(exit=0, finished=time.time())
     record(entry)
+    if command == "init":
+        for registered in load_config(entry["config"], command)["InitConfiguration"].get("bootstrapTokens") or []:
+            remember_token(str(registered.get("token")))
     print("Your Kubernetes control-plane has initialized successfully!" if command == "init"
           else "This node has joined the cluster.")
     return 0
