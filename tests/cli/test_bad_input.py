@@ -3,7 +3,6 @@ stderr, `labctl: error: …` naming the field or argument, exit 1 or 2, and neve
 Hypothesis adds generated documents and bytes on top of the hand-written cases."""
 
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,35 +64,26 @@ def assert_clean(code, err, fragment, expected_code=None):
     assert fragment in err, err
 
 
-@pytest.mark.parametrize(("text", "fragment"), [(t.encode(), m.split(":")[0]) for t, m in INVALID] + EXTRA_FILES)
-def test_bad_lab_file(text, fragment, tmp_path, capsys):
+FILES = [(text.encode(), message.split(":")[0]) for text, message in INVALID] + EXTRA_FILES
+
+
+def bad_file_problem(text, fragment, tmp_path, capsys):
+    """What is wrong with labctl's answer to ``text`` as lab.yaml (None: a clean one-line error)."""
     config = tmp_path / "lab.yaml"
     config.write_bytes(text)
     code, out, err = run_main(["--config", str(config), "plan"], capsys)
-    assert out == ""
-    assert_clean(code, err, fragment if fragment != "t" else str(config), 1)
-    _count("files")
+    return problem(code, out, err, fragment if fragment != "t" else str(config), 1)
 
 
-@pytest.mark.parametrize(("argv", "code", "fragment"), BAD_ARGS)
-def test_bad_command_line(argv, code, fragment, capsys):
-    got, _, err = run_main(argv, capsys)
-    assert_clean(got, err, fragment, code)
-    _count("args")
+def problem(code, out, err, fragment, expected_code):
+    if code != expected_code:
+        return f"exit {code}, not {expected_code}: {err!r}"
+    if out or err.count("\n") != 1 or not err.startswith("labctl: error: ") or "Traceback" in err:
+        return f"not one error line: {err!r}"
+    return None if fragment in err else f"{fragment!r} not named: {err!r}"
 
 
-_COUNTS = {"files": 0, "args": 0}
-
-
-def _count(kind):
-    _COUNTS[kind] += 1
-
-
-def test_zz_record_the_figure():
-    tried = len(INVALID) + len(EXTRA_FILES) + len(BAD_ARGS)
-    clean = _COUNTS["files"] + _COUNTS["args"]
-    record_figure("bad_input", {"tried": tried, "clean": clean, "generated_examples_per_property": 300})
-    assert tried >= 40
+GENERATED = {"documents": 0, "byte_strings": 0}
 
 
 # --- generated: anything YAML can hold, and any bytes, is either a lab or one ConfigError line ---
@@ -112,6 +102,7 @@ documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_si
 def test_generated_documents_never_escape_as_anything_but_config_error(document):
     import yaml
 
+    GENERATED["documents"] += 1
     try:
         text = yaml.safe_dump(document)
     except yaml.YAMLError:
@@ -125,6 +116,7 @@ def test_generated_documents_never_escape_as_anything_but_config_error(document)
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_generated_bytes_never_escape_as_anything_but_config_error(data):
+    GENERATED["byte_strings"] += 1
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -133,3 +125,18 @@ def test_generated_bytes_never_escape_as_anything_but_config_error(data):
         parse_lab(text, "gen")
     except ConfigError as err:
         assert "\n" not in str(err)
+
+
+# Last in the file: the figure counts the generated examples the tests above ran.
+def test_every_bad_lab_file_and_command_line_is_one_clean_error(tmp_path, capsys):
+    """The figure is what was observed: each case run, each answer judged, nothing assumed."""
+    found = {}
+    for index, (text, fragment) in enumerate(FILES):
+        found[f"file {index}: {text[:40]!r}"] = bad_file_problem(text, fragment, tmp_path, capsys)
+    for argv, expected_code, fragment in BAD_ARGS:
+        code, _, err = run_main(argv, capsys)
+        found[f"argv {argv}"] = problem(code, "", err, fragment, expected_code)
+    wrong = {case: why for case, why in found.items() if why}
+    record_figure("bad_input", {"tried": len(found), "clean": len(found) - len(wrong),
+                                "generated": dict(GENERATED)})
+    assert wrong == {}
