@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -113,6 +114,28 @@ def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
         assert done.code == 1
     err = capsys.readouterr().err
     assert err == "labctl: error: internal error: RuntimeError: kaboom second line (rerun with --debug)\n"
+
+
+def test_verbose_and_debug_are_labctls_options_only_not_words_of_a_remote_command(monkeypatch, capsys):
+    from labctl.errors import LabError
+
+    def refused(*_args, **_kwargs):
+        try:
+            raise ValueError("the raw cause")
+        except ValueError as cause:
+            raise LabError("lab.yaml unreadable") from cause
+
+    monkeypatch.setattr("labctl.cli.context.load_lab", refused)
+
+    def err_of(*argv):
+        with pytest.raises(SystemExit):
+            main(list(argv))
+        return capsys.readouterr().err
+
+    assert err_of("ssh", "master1", "--", "ls", "-v", "--debug") == "labctl: error: lab.yaml unreadable\n"
+    verbose = err_of("-v", "ssh", "master1", "--", "ls")
+    assert verbose.splitlines() == ["labctl: error: lab.yaml unreadable", "labctl: raw error: ValueError: the raw cause"]
+    assert "Traceback" in err_of("--debug", "ssh", "master1")
 
 
 def test_loose_secret_files_are_tightened_at_startup(isolated_home):

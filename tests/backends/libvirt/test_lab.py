@@ -66,6 +66,7 @@ def test_up_status_destroy_against_a_real_libvirtd(daemon, env):
         assert [(n, a) for n, _, a in state["networks"]] == [("k8s-internal", 1), ("k8s-nat", 1)]
         check_volumes(conn, state["volumes"])
         check_domain_devices(conn)
+        check_render_is_what_up_defined(conn, env, daemon.base_dir / "render")
 
         second = labctl(env, "up", "--no-wait")
         assert second.returncode == 0, second.stderr
@@ -130,6 +131,52 @@ def check_volumes(conn, volumes):
         root = ET.fromstring(vol.XMLDesc(0))
         assert root.findtext("backingStore/path") == base.path()
         assert vol.info()[2] < 4 << 20, "an overlay, not a copy of the base"
+
+
+def missing_from(rendered: ET.Element, defined: ET.Element, where: str = "") -> list[str]:
+    """What ``rendered`` says that ``defined`` (libvirt's normalized definition, which adds defaults,
+    addresses and controllers) does not: every element with its attributes and text, in order per tag."""
+    problems = []
+    if rendered.attrib.items() - defined.attrib.items():
+        problems.append(f"{where}/{rendered.tag} {dict(rendered.attrib)} vs {dict(defined.attrib)}")
+    if (rendered.text or "").strip() != (defined.text or "").strip() and (rendered.text or "").strip():
+        problems.append(f"{where}/{rendered.tag} text {rendered.text!r} vs {defined.text!r}")
+    for tag in dict.fromkeys(child.tag for child in rendered):
+        mine, theirs = rendered.findall(tag), defined.findall(tag)
+        if len(theirs) < len(mine):
+            problems.append(f"{where}/{rendered.tag}: {len(mine)} <{tag}>, libvirt has {len(theirs)}")
+            continue
+        for ours, held in zip(mine, theirs, strict=False):
+            problems += missing_from(ours, held, f"{where}/{rendered.tag}")
+    return problems
+
+
+def canonical(domain: ET.Element, held: ET.Element) -> ET.Element:
+    """A rendered domain as libvirt normalizes it on define: memory in KiB, the machine alias `pc`
+    resolved to the versioned i440fx machine it stands for."""
+    for memory in domain.findall("memory"):
+        if memory.get("unit") == "MiB":
+            memory.set("unit", "KiB")
+            memory.text = str(int(memory.text or "0") * 1024)
+    ours, theirs = domain.find("os/type"), held.find("os/type")
+    if ours is not None and theirs is not None and ours.get("machine") == "pc" and \
+            (theirs.get("machine") or "").startswith("pc-i440fx-"):
+        ours.set("machine", theirs.get("machine", ""))
+    return domain
+
+
+def check_render_is_what_up_defined(conn, env, out):
+    """`labctl render` of the lab `up` made: its domain and network XML is what libvirt holds."""
+    rendered = labctl(env, "render", str(out))
+    assert rendered.returncode == 0, rendered.stderr
+    assert "throwaway" not in rendered.stderr  # the lab exists: its own id and secrets
+    for node in NODES:
+        held = ET.fromstring(conn.lookupByName(f"k8s-{node}").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        problems = missing_from(canonical(ET.parse(out / node / "domain.xml").getroot(), held), held)
+        assert problems == [], "\n".join(problems)
+    for name in ("k8s-nat", "k8s-internal"):
+        held = ET.fromstring(conn.networkLookupByName(name).XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
+        assert missing_from(ET.parse(out / "networks" / f"{name}.xml").getroot(), held) == [], name
 
 
 def check_domain_devices(conn):
