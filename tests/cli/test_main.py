@@ -134,7 +134,8 @@ def test_verbose_and_debug_are_labctls_options_only_not_words_of_a_remote_comman
 
     assert err_of("ssh", "master1", "--", "ls", "-v", "--debug") == "labctl: error: lab.yaml unreadable\n"
     verbose = err_of("-v", "ssh", "master1", "--", "ls")
-    assert verbose.splitlines() == ["labctl: error: lab.yaml unreadable", "labctl: raw error: ValueError: the raw cause"]
+    assert verbose.splitlines() == ["labctl: error: lab.yaml unreadable",
+                                    "labctl: raw error: ValueError: the raw cause"]
     assert "Traceback" in err_of("--debug", "ssh", "master1")
 
 
