@@ -55,7 +55,10 @@ class LabState:
     def _tighten_files(self) -> None:
         """Secret files are 0600: fix looser ones we own, refuse ones somebody else owns."""
         for entry in self.root.iterdir():
-            info = entry.lstat()
+            try:
+                info = entry.lstat()
+            except FileNotFoundError:
+                continue  # another labctl's temporary file, renamed into place since we listed it
             if not stat.S_ISREG(info.st_mode) or not stat.S_IMODE(info.st_mode) & 0o077:
                 continue
             if info.st_uid != os.getuid():
