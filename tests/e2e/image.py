@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -170,6 +171,8 @@ def cached_image(directory: Path, name: str = IMAGE_NAME) -> BuiltImage | None:
         return None
     built = read_manifest(manifest)
     ok = all(p.is_file() for p in (built.path, built.kernel, built.initrd)) and file_sha512(built.path) == built.sha512
+    if ok:
+        os.utime(directory)  # in use: see _remove_stale
     return built if ok else None
 
 
@@ -198,8 +201,12 @@ def cached_build(name: str, suite: str, key: str, build: Callable[[Path], BuiltI
         return build(directory), True
 
 
+STALE_AFTER = 2 * 86400  # seconds unused after which another key's build of an image goes
+
+
 def _remove_stale(root: Path, name: str, keep: Path) -> None:
-    """Older builds of image ``name`` (other keys) go: one cached image of each per machine is enough."""
+    """Builds of image ``name`` for other keys that no run has used for two days go. Recent ones stay:
+    another checkout on this machine (another branch, other inputs) may be using one right now."""
     for entry in root.glob(f"{name}-*"):
-        if entry != keep and entry.is_dir():
+        if entry != keep and entry.is_dir() and time.time() - entry.stat().st_mtime > STALE_AFTER:
             shutil.rmtree(entry, ignore_errors=True)
