@@ -72,9 +72,16 @@ class Go:
         )
         return env
 
+    def make_cache(self) -> None:
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BuildError(f"cannot create the test cache {self.cache} ({error.strerror}): "
+                             f"set {CACHE_ENV} to a writable directory") from error
+
     def output(self, args: Sequence[str], cwd: Path, writable_module: bool = False) -> str:
         """Run ``go ARGS`` in ``cwd`` and return its stdout; a failure raises :class:`BuildError`."""
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self.make_cache()
         argv = [self.binary, *args]
         try:
             done = subprocess.run(argv, cwd=cwd, env=self.env(writable_module), capture_output=True, text=True,
@@ -95,7 +102,7 @@ class Go:
     def build(self, package: str, output: Path, cwd: Path, flags: Sequence[str]) -> None:
         """``go build -o OUTPUT PACKAGE`` in module ``cwd``, a progress line every 15 s on stderr."""
         argv = [self.binary, "build", "-v", *flags, "-o", str(output), package]
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self.make_cache()
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         downloads = packages = 0
         last = started = time.monotonic()
