@@ -23,9 +23,17 @@ from labctl.plan import plan_lab
 from labctl.roleconf import KUBEADM_CONFIG
 from labctl.roles import role_config
 from labctl.state import LabState
-from tests.kubeadm.gomodule import parse_release
+from tests.kubeadm.gomodule import HERE, KUBERNETES, PIN_PACKAGE, parse_release, required_version
 from tests.kubeadm.gotool import Go
-from tests.kubeadm.tooling import kubeadm_binary, or_skip, pin_binary, resolve_release
+from tests.kubeadm.tooling import (
+    Job,
+    crictl_binary,
+    ensure_binary,
+    kubeadm_binary,
+    or_skip,
+    pin_binary,
+    resolve_release,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +100,32 @@ def test_make_kubeadm_prints_the_cached_binary_last(kubeadm, release):
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == str(kubeadm)
+
+
+def test_a_minor_resolves_offline_to_the_newest_known_release(kubeadm, release, monkeypatch):
+    monkeypatch.setenv("GOPROXY", "off")
+    # The newest of the pinned release and those built (the kubeadm fixture built this one).
+    assert resolve_release(Go.find(), release.rsplit(".", 1)[0]) == release
+    assert parse_release(required_version(Go.find(), HERE, KUBERNETES)) <= parse_release(release)
+
+
+def test_a_changed_input_rebuilds_and_an_unchanged_one_does_not(kubeadm_pin, tmp_path):
+    go = Go.find()
+    job = Job("kubeadm-pin", PIN_PACKAGE, HERE, tmp_path, ("-trimpath",))
+    built = ensure_binary(go, job)
+    first = built.stat()
+    assert ensure_binary(go, job).stat().st_ino == first.st_ino  # cached: not even replaced
+    stripped = Job("kubeadm-pin", PIN_PACKAGE, HERE, tmp_path, ("-trimpath", "-ldflags", "-s -w"))
+    assert ensure_binary(go, stripped).stat().st_ino != first.st_ino
+    assert built.stat().st_size < first.st_size
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".kubeadm-pin.stamp", ".lock", "kubeadm-pin"]
+
+
+def test_crictl_is_the_pinned_cri_tools():
+    crictl = or_skip(crictl_binary)
+    version = required_version(Go.find(), HERE / "crictl", "sigs.k8s.io/cri-tools")
+    result = subprocess.run([str(crictl), "--version"], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == f"crictl version {version.removeprefix('v')}"
 
 
 def test_every_kubeadm_config_labctl_renders_validates(kubeadm, kubeadm_configs, tmp_path):

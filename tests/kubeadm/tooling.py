@@ -42,7 +42,9 @@ from tests.kubeadm.gotool import BuildError, Go, GoUnavailable, locked, progress
 __all__ = [
     "BuildError",
     "GoUnavailable",
+    "Job",
     "crictl_binary",
+    "ensure_binary",
     "kubeadm_binary",
     "kubernetes_binary",
     "or_skip",
