@@ -35,7 +35,7 @@ from tests.kubeadm.tooling import (
     resolve_release,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.kubeadm]  # `make test-kubeadm`; `make test` leaves them out
 
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, a request fails at once
 
