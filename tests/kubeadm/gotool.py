@@ -8,6 +8,7 @@ empties it.
 """
 
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ CACHE_ENV = "LABCTL_TEST_CACHE"
 GO_HOME_BIN = "/usr/local/go/bin"  # where Go's own tarball installs it, when that is not on PATH
 PROGRESS_EVERY = 15.0  # seconds between progress lines of a long build
 TAIL_LINES = 40  # of go's output, shown when a build fails
+MIN_GO = (1, 25)  # the go line of k8s.io/kubernetes v1.35's go.mod
 
 
 class BuildError(Exception):
@@ -54,12 +56,15 @@ class Go:
     @classmethod
     def find(cls, cache: Path | None = None) -> "Go":
         binary = shutil.which("go") or shutil.which("go", path=GO_HOME_BIN)
+        wanted = "Go >= {}.{} (Go's own build; Debian 12's golang-go 1.19 is too old)".format(*MIN_GO)
         if binary is None:
-            raise GoUnavailable(
-                f"go is neither on PATH nor in {GO_HOME_BIN}: the real kubeadm is built from source with "
-                "Go >= 1.25 (Go's own build; Debian 12's golang-go 1.19 is too old)"
-            )
-        return cls(binary, cache or cache_root())
+            raise GoUnavailable(f"go is neither on PATH nor in {GO_HOME_BIN}: the real kubeadm is built with {wanted}")
+        go = cls(binary, cache or cache_root())
+        version = go.version()
+        release = _go_release(version)
+        if release is not None and release < MIN_GO:
+            raise GoUnavailable(f"{binary} is {version}: the real kubeadm is built with {wanted}")
+        return go
 
     def env(self, writable_module: bool = False) -> dict[str, str]:
         env = dict(os.environ)
@@ -68,6 +73,8 @@ class Go:
             GOCACHE=str(self.cache / "go" / "build"),
             CGO_ENABLED="0",
             GOWORK="off",
+            # The machine's own Go, never one downloaded behind the user's back.
+            GOTOOLCHAIN=os.environ.get("GOTOOLCHAIN") or "local",
             GOFLAGS=f"-mod={'mod' if writable_module else 'readonly'} -modcacherw -buildvcs=false",
         )
         return env
@@ -125,6 +132,13 @@ class Go:
                              f"{last - started:.0f} s")
         if process.returncode != 0:
             raise BuildError(f"go build {package} failed with exit {process.returncode}:\n" + "\n".join(tail))
+
+
+def _go_release(version: str) -> tuple[int, int] | None:
+    """(1, 26) from "go1.26.8"; None for what does not read as a release (a development build: go decides)."""
+    major, _, rest = version.removeprefix("go").partition(".")
+    minor = "".join(itertools.takewhile(str.isdigit, rest))
+    return (int(major), int(minor)) if major.isdigit() and minor else None
 
 
 @contextmanager
