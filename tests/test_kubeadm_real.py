@@ -147,6 +147,18 @@ def test_kubeadm_refuses_an_unknown_field(node, kubeadm, kubeadm_configs, tmp_pa
     assert 'unknown field "nodeRegistration.notAField"' in result.stderr
 
 
+@pytest.mark.parametrize("node", ["master1", "worker1"])
+def test_kubeadm_refuses_a_malformed_bootstrap_token(node, kubeadm, kubeadm_configs, lab, tmp_path):
+    _, secrets = lab
+    text = kubeadm_configs[node].read_text()
+    assert secrets.bootstrap_token in text
+    broken = tmp_path / f"{node}-bad-token.yaml"
+    broken.write_text(text.replace(secrets.bootstrap_token, secrets.bootstrap_token.upper()))
+    result = run_offline([str(kubeadm), "config", "validate", "--config", str(broken)], tmp_path)
+    assert result.returncode != 0
+    assert secrets.bootstrap_token.upper() in result.stderr
+
+
 def test_ca_cert_hash_is_kubeadms_pin(kubeadm_pin, lab, kubeadm_configs, tmp_path):
     _, secrets = lab
     ca = tmp_path / "ca.crt"
@@ -171,3 +183,8 @@ def test_kubeadm_discovery_accepts_labctls_hash_and_no_other(kubeadm_pin, lab, t
     refused = subprocess.run([*check, other, str(ca)], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert "none of the public keys" in refused.stderr
+    # kubeadm config validate leaves caCertHashes alone; join parses them as this does.
+    malformed = subprocess.run([*check, secrets.ca_cert_hash[:-2], str(ca)], capture_output=True, text=True,
+                               timeout=60)
+    assert malformed.returncode == 1
+    assert "expected a 32 byte SHA-256 hash" in malformed.stderr
