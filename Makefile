@@ -16,7 +16,7 @@ TEST_PACKAGES = libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-s
 	util-linux mount e2fsprogs mmdebstrap debian-archive-keyring haproxy dnsmasq keepalived nftables shellcheck \
 	cloud-init apt-cacher-ng socat curl apt-utils gpg gpg-agent
 
-.PHONY: lab host-deps test-deps venv test test-fast e2e bench lint destroy clean
+.PHONY: lab host-deps test-deps venv test test-fast test-kubeadm e2e bench lint destroy clean kubeadm
 
 lab: host-deps venv
 	$(LABCTL) up
@@ -47,6 +47,17 @@ test-fast: venv
 # The whole lab in real VMs (root, TCG): see tests/e2e/test_e2e.py. Part of `make test` too.
 e2e: venv
 	$(VENV)/bin/python -m pytest -v -s tests/e2e
+
+# The real kubeadm built from source for host-side tests (tests/kubeadm); its path is the last line.
+# KUBEADM_RELEASE: a minor (newest patch served) or a release, e.g. 1.35.4; default 1.35. Needs Go >= 1.25,
+# which this machine kind ships in /usr/local/go (Debian 12's golang-go is 1.19). Cached under
+# LABCTL_TEST_CACHE (default /var/cache/labctl-tests): minutes cold, a second warm.
+KUBEADM_RELEASE ?=
+kubeadm:
+	$(PYTHON) -m tests.kubeadm.build kubeadm $(KUBEADM_RELEASE)
+
+test-kubeadm: venv
+	$(VENV)/bin/python -m pytest -v -m kubeadm
 
 bench: venv
 	$(VENV)/bin/python -m pytest -q benchmarks --benchmark-only
