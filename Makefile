@@ -38,7 +38,7 @@ $(VENV)/.installed: setup.py
 # Everything, then the tests that wait on other processes once more beside three CPU-bound
 # processes (started and ended by pid by the test run), so races are found here and not by CI.
 test: test-deps venv
-	$(VENV)/bin/python -m pytest -v
+	$(VENV)/bin/python -m pytest -v --durations=25
 	$(VENV)/bin/python -m pytest -v -m races --cpu-load 3 -p no:cacheprovider
 
 test-fast: venv
