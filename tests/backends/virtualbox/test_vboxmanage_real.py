@@ -54,7 +54,7 @@ def make_node(manage: VBoxManage, folder: Path, node: NodePlan, plan: Plan, base
                             ostype="Debian_64", uuid=node.uuid)
     nic_options = []
     for slot, nic in enumerate(node.nics, start=1):
-        network = plan.network(nic.network).libvirt_name
+        network = plan.network(nic.network).name
         kind, network_option = ("natnetwork", "--nat-network") if nic.network == "nat" else ("intnet", "--intnet")
         nic_options += [f"--nic{slot}", kind, f"{network_option}{slot}", network, f"--nic-type{slot}", "virtio",
                         f"--macaddress{slot}", mac_to_vbox(nic.mac)]
@@ -94,8 +94,8 @@ def test_a_lab_node_reads_back_as_configured(manage, folder, plan):
     assert (info.memory, info.cpus) == (gateway.memory, gateway.cpus)
     assert [info[f"boot{i}"] for i in range(1, 5)] == ["disk", "dvd", "none", "none"]
     assert info.nics() == [
-        Nic(1, "natnetwork", plan.network("nat").libvirt_name, "virtio", gateway.nics[0].mac),
-        Nic(2, "intnet", plan.network("internal").libvirt_name, "virtio", gateway.nics[1].mac),
+        Nic(1, "natnetwork", plan.network("nat").name, "virtio", gateway.nics[0].mac),
+        Nic(2, "intnet", plan.network("internal").name, "virtio", gateway.nics[1].mac),
     ]
     assert info.uart() == ("0x03f8,4", f"file,{folder / 'gateway.log'}")
     assert info.controllers() == {"virtio": "VirtioSCSI"}
