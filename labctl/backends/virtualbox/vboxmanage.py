@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,6 +51,10 @@ _ERROR_PREFIX = "VBoxManage: error: "
 _PROGRESS = re.compile(r"^(?:\d+%\.{3})+")
 _DETAILS_CODE = re.compile(r"Details: code (?P<code>\w+)")
 _BARE_CODE = re.compile(r"Code (?P<code>\w+) \(0x[0-9a-fA-F]+\) - (?P<text>.*)")
+# VBoxManage's own words when it cannot get at VBoxSVC (which then never saw the command), and the waits
+# before running it again.
+NO_SERVER = "Failed to create the VirtualBox object!"
+NO_SERVER_RETRIES = (1.0, 2.0, 4.0)
 _CREATED_INTERFACE = re.compile(r"Interface '(?P<name>[^']+)' was successfully created")
 _INSTALL_HINT = f"install VirtualBox 7 (VBoxManage on PATH) or point {PROGRAM_ENV} at VBoxManage"
 
@@ -171,17 +176,26 @@ def mac_to_vbox(mac: str) -> str:
 class VBoxManage:
     """Thin, typed wrappers of the VBoxManage subcommands the backend uses; :meth:`call` for the rest."""
 
-    def __init__(self, run: Runner | None = None, program: str | None = None) -> None:
+    def __init__(self, run: Runner | None = None, program: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.program = program or default_program()
         self._run = run or subprocess_runner()
+        self._sleep = sleep
 
     def call(self, *args: str) -> str:
-        """Run ``VBoxManage ARGS…``; stdout, or :class:`VBoxManageError`."""
-        code, out, err = self._run([self.program, *args])
-        if code != 0:
-            message, result_code = error_text(err, out, code)
-            raise VBoxManageError(subcommand_of(args), message, result_code, code)
-        return out
+        """Run ``VBoxManage ARGS…``; stdout, or :class:`VBoxManageError`.
+
+        A command that could not reach VBoxSVC (it was exiting after its idle time, or starting slowly) did
+        nothing, and runs again, a few times."""
+        for delay in (*NO_SERVER_RETRIES, None):
+            code, out, err = self._run([self.program, *args])
+            if code == 0:
+                return out
+            if delay is None or NO_SERVER not in err:
+                break
+            self._sleep(delay)
+        message, result_code = error_text(err, out, code)
+        raise VBoxManageError(subcommand_of(args), message, result_code, code)
 
     # --- version --------------------------------------------------------------------------------
 
