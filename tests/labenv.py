@@ -1,17 +1,24 @@
-"""Shared pieces of the tests that run labctl against a private libvirtd: a blank base image,
-a lab.yaml, the environment that points labctl at the daemon, and a snapshot of what libvirt holds."""
+"""Shared pieces of the tests that run labctl against a real hypervisor: a blank base image, a lab.yaml,
+the environment that points labctl at a private libvirtd, a snapshot of what libvirt holds, and `up`
+interrupted at a step boundary."""
 
+import errno
 import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 
 from labctl.backends.libvirt.xml import read_tag
+from labctl.cli.output import PAUSE_AFTER_STEP
 from labctl.lab.accel import choose_accel, read_host_facts
 
 LAB_YAML = """\
@@ -27,11 +34,28 @@ nodes:
 """
 
 
+def written_image(path: Path, fmt: str = "qcow2", size: str = "64M", pattern: int = 0, length: str = "64k") -> Path:
+    """A disk image whose first ``length`` bytes are ``pattern``: VirtualBox cannot open a qcow2 that was
+    never written to (no L1 table yet)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True, timeout=60)
+    subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P {pattern} 0 {length}", str(path)], check=True,
+                   timeout=60, capture_output=True)
+    return path
+
+
+def same_data(first: Path, first_format: str, second: Path, second_format: str) -> str:
+    """"" when the two images hold the same data (``qemu-img compare``), else what it said."""
+    compare = subprocess.run(["qemu-img", "compare", "-f", first_format, "-F", second_format, str(first), str(second)],
+                             capture_output=True, text=True, timeout=60)
+    return "" if compare.returncode == 0 else compare.stdout + compare.stderr
+
+
 def blank_image(directory: Path) -> tuple[Path, str]:
-    """A small empty qcow2 (it never boots; domains sit in the BIOS) and its SHA-256."""
+    """A small blank qcow2 (it never boots; domains sit in the BIOS; its first 64 KiB are zeros written so
+    every hypervisor opens it) and its SHA-256."""
     image = directory / "base.qcow2"
     if not image.exists():
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True, timeout=30)
+        written_image(image)
     return image, hashlib.sha256(image.read_bytes()).hexdigest()
 
 
@@ -111,3 +135,42 @@ def record_figure(name: str, value: object) -> None:
     figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     figures[name] = value
     FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class Interruption:
+    code: int  # the process's return code (-9: SIGKILL, 130: Ctrl-C)
+    stderr: str
+    landed: bool  # the signal reached a live process paused at the boundary and ended it
+
+
+def interrupt_after_step(env: dict, step: int, signum: int = signal.SIGKILL) -> Interruption:
+    """Start `up`; once it has printed its ``step``-th step and paused there (labctl's test-only pause on a
+    FIFO, see labctl/cli/output.py), send ``signum``; then let go. Landed: ended by that signal."""
+    with tempfile.TemporaryDirectory(prefix="lc-pause-") as scratch:
+        fifo = Path(scratch) / "pause"
+        os.mkfifo(fifo)
+        proc = labctl_popen({**env, PAUSE_AFTER_STEP: f"{step}:{fifo}"}, "up", "--no-wait")
+        holder = hold_at_pause(proc, fifo)
+        alive = holder is not None and proc.poll() is None
+        if alive:
+            proc.send_signal(signum)
+        if holder is not None:
+            os.close(holder)
+        _, stderr = proc.communicate(timeout=120)
+    expected = -signal.SIGKILL if signum == signal.SIGKILL else 130
+    return Interruption(proc.returncode, stderr, alive and proc.returncode == expected)
+
+
+def hold_at_pause(proc, fifo: Path, timeout: float = 300) -> int | None:
+    """Open the FIFO's writing end once `up` waits on it (it is then exactly at the boundary); None when
+    `up` ended first. Non-blocking, so a run that never gets there cannot hang the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as err:
+            if err.errno != errno.ENXIO:  # ENXIO: nobody reads yet
+                raise
+        time.sleep(0.02)
+    return None

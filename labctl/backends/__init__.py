@@ -11,6 +11,7 @@ from labctl.errors import ConfigError
 # name -> (module, class)
 BACKENDS = {
     "libvirt": ("labctl.backends.libvirt", "LibvirtBackend"),
+    "virtualbox": ("labctl.backends.virtualbox", "VirtualBoxBackend"),
 }
 
 

@@ -54,6 +54,7 @@ class LabObject:
     name: str
     state: str  # "running", "shut off", "active", "inactive", "present", …
     tag: Tag | None = None
+    id: str = ""  # the hypervisor's own identifier where names are not unique (VirtualBox: a UUID)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Tool:
     present: bool | None
     purpose: str
     install: str
+    required: bool = True  # False: `up` goes ahead without it (doctor warns)
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,14 @@ class HypervisorFacts:
     local: bool
     accel: HostFacts | None = None
     tools: tuple[Tool, ...] = ()
-    mem_available_mib: int | None = None  # None: ask the host itself (a local hypervisor)
+    mem_available_mib: int | None = None  # None: ask the host itself (a local libvirt)
     disk_free: int | None = None  # bytes free where the nodes' disks go
     defined: frozenset[str] = frozenset()  # the lab's nodes that exist
     running: frozenset[str] = frozenset()  # … and run
     networks: tuple[ForeignNetwork, ...] | None = None
     foreign: tuple[str, ...] = ()  # "domain k8s-master1": the lab's names, not tagged as the lab's
     own_devices: frozenset[str] = frozenset()  # host interfaces the lab's own networks use
+    bridges: frozenset[str] | None = None  # what bridge mode can join; None: the host's Linux bridges
     error: str | None = None  # set when the hypervisor answered only in part
 
 
@@ -110,6 +113,9 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    # True where the hypervisor starts each node's console log afresh at every boot (VirtualBox), so a
+    # boot's phases are read from its start, not from where the log stood before.
+    console_log_per_boot: ClassVar[bool] = False
 
     def __enter__(self) -> Backend:
         return self

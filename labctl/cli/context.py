@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ class Context:
     debug: bool = False
 
     def lab(self) -> Lab:
-        lab = load_lab(self.config, self.name)
-        return dataclasses.replace(lab, backend=self.backend_name) if self.backend_name else lab
+        """lab.yaml with --name and --backend applied, validated together (some settings are one backend's)."""
+        return load_lab(self.config, self.name, self.backend_name)
 
     def plan(self) -> Plan:
         return plan_lab(self.lab())

@@ -155,7 +155,8 @@ def _print_console_log(ctx: Context, node: str, path: Path, follow: bool) -> boo
 @click.argument("node", shell_complete=complete_nodes)
 @pass_ctx
 def console(ctx: Context, node: str) -> None:
-    """Attach to NODE's serial console (libvirt: virsh console, leave with Ctrl-]).
+    """Attach to NODE's serial console (libvirt: virsh console, leave with Ctrl-]; VirtualBox writes the
+    serial port to a file, so this follows it read-only: tail -f).
 
     The console log stays readable with `labctl logs NODE`.
     """

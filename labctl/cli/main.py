@@ -24,7 +24,7 @@ from labctl.lab.model import BACKEND_NAMES
 @click.option("-n", "--name", envvar="LABCTL_NAME", help="Lab name, overriding the file's (labs live side by side).")
 @click.option("--backend", type=click.Choice(BACKEND_NAMES), help="Hypervisor backend, overriding lab.yaml's.")
 @click.option("--connect", "target", metavar="URI",
-              help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system).")
+              help="libvirt URI (default: LIBVIRT_DEFAULT_URI or qemu:///system); VirtualBox is always this host's.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only data and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="After an error, also show the raw error it came from.")
 @click.option("--debug", is_flag=True, envvar="LABCTL_DEBUG", help="Show tracebacks.")

@@ -1,4 +1,5 @@
-"""Accelerator choice: KVM only where it really works, else QEMU's TCG."""
+"""Accelerator choice: KVM only where it really works, else QEMU's TCG; a hypervisor without software
+emulation (VirtualBox) gets its hardware virtualization or a refusal."""
 
 import os
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from labctl.errors import ConfigError
 class HostFacts:
     kvm_device: bool  # /dev/kvm exists and is usable by us
     modules: frozenset[str]  # loaded kernel modules of interest
+    emulation: bool = True  # the hypervisor can fall back to software emulation (QEMU's TCG; VirtualBox cannot)
+    hardware: bool | None = None  # VT-x/AMD-V as the hypervisor itself reports it; None: judged by KVM above
 
 
 KVM = "kvm"
@@ -21,6 +24,7 @@ TCG = "tcg"  # QEMU's software emulation
 class Accel:
     kind: str  # KVM or TCG; a backend maps it to its own setting (libvirt: <domain type="kvm|qemu">)
     reason: str
+    doubtful: bool = False  # chosen against what the host reports: say so
 
     @property
     def emulated(self) -> bool:
@@ -35,6 +39,8 @@ def read_host_facts(sys_module: Path = Path("/sys/module"), dev_kvm: Path = Path
 
 def choose_accel(requested: str, facts: HostFacts) -> Accel:
     """Resolve ``accel: auto|kvm|tcg`` against the host."""
+    if not facts.emulation:
+        return _hardware_only(requested, facts)
     if requested == "tcg":
         return Accel(TCG, "TCG requested (software emulation)")
     usable = facts.kvm_device and bool(facts.modules & {"kvm_intel", "kvm_amd"})
@@ -53,3 +59,23 @@ def _why_not(facts: HostFacts) -> str:
     if not facts.kvm_device:
         return "no usable /dev/kvm"
     return "neither kvm_intel nor kvm_amd is loaded"
+
+
+HARDWARE_FIX = ("enable VT-x/AMD-V in the firmware (or nested virtualisation for a VM host); or, where the "
+                "hypervisor reaches it in a way it does not report (VirtualBox over Hyper-V), set accel: kvm")
+
+
+def _hardware_only(requested: str, facts: HostFacts) -> Accel:
+    """A hypervisor without software emulation: hardware virtualization (``auto``, ``kvm``), never TCG.
+    ``kvm`` goes ahead where the hypervisor reports no VT-x/AMD-V (it may reach it through Hyper-V on
+    Windows without saying so); ``auto`` refuses."""
+    if requested == "tcg":
+        raise ConfigError("accel", "tcg is QEMU's software emulation, which this hypervisor does not have; "
+                          "use auto or kvm")
+    if facts.hardware:
+        return Accel(KVM, "hardware virtualization (VT-x/AMD-V)")
+    if requested == "kvm":
+        return Accel(KVM, "hardware virtualization requested (accel: kvm), though the hypervisor reports no "
+                          "VT-x/AMD-V: nodes may fail to start", doubtful=True)
+    raise ConfigError("accel", "the hypervisor reports no hardware virtualization (VT-x/AMD-V) and has no "
+                      "software emulation", HARDWARE_FIX)

@@ -37,6 +37,11 @@ ROLE_KEYS = {
 }
 K8S_KEYS = ("version", "pod_cidr", "service_cidr", "cni", "etcd", "enforce_minimums", "cni_manifest")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# isolated: the host on the network (libvirt: an isolated network; VirtualBox: a host-only interface);
+# bridge: onto a host bridge or interface; intnet: VirtualBox's internal network, the host not on it.
+INTERNAL_MODES = ("isolated", "bridge", "intnet")
+LINUX_BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+HOST_INTERFACE = re.compile(r"^[^\x00-\x1f\x7f\s]([^\x00-\x1f\x7f]{0,98}[^\x00-\x1f\x7f\s])?$")
 HTTP_URL = re.compile(r"^https?://[^\s'\"]+$")
 
 
@@ -45,10 +50,11 @@ def default_text() -> str:
     return resources.files("labctl").joinpath("lab.yaml").read_text(encoding="utf-8")
 
 
-def load_lab(path: Path | None = None, name: str | None = None) -> Lab:
-    """Load ``path`` (or the built-in default) and validate it; ``name`` overrides the lab name."""
+def load_lab(path: Path | None = None, name: str | None = None, backend: str | None = None) -> Lab:
+    """Load ``path`` (or the built-in default) and validate it; ``name`` overrides the lab name,
+    ``backend`` the hypervisor backend (validated with it: some settings are one backend's)."""
     if path is None:
-        return parse_lab(default_text(), "default lab", name)
+        return parse_lab(default_text(), "default lab", name, backend=backend)
     try:
         raw = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
     except OSError as err:
@@ -59,16 +65,19 @@ def load_lab(path: Path | None = None, name: str | None = None) -> Lab:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), f"not UTF-8 text (byte {err.start})") from err
-    return parse_lab(text, str(path), name, base_dir=path.parent)
+    return parse_lab(text, str(path), name, base_dir=path.parent, backend=backend)
 
 
-def parse_lab(text: str, source: str, name: str | None = None, base_dir: Path | None = None) -> Lab:
+def parse_lab(text: str, source: str, name: str | None = None, base_dir: Path | None = None,
+              backend: str | None = None) -> Lab:
     """Parse and validate lab.yaml text; defaults fill every missing key. Relative image paths
-    are taken from ``base_dir`` (the lab.yaml's directory)."""
+    are taken from ``base_dir`` (the lab.yaml's directory); ``name`` and ``backend`` override the file's."""
     user = _parse_yaml(text, source)
     merged = _merge(_parse_yaml(default_text(), "default lab"), user)
     if name is not None:
         merged["name"] = name
+    if backend is not None:
+        merged["backend"] = backend
     return _build_lab(merged, base_dir)
 
 
@@ -168,16 +177,19 @@ def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
     if not isinstance(image, (str, dict)) or not image:
         raise fail("image", "a catalog name or a mapping with url or path", image)
     image_spec = resolve_image(image, "image", base_dir=base_dir)
-    nat, internal = _networks(data.get("networks"), name)
+    backend = choice(data.get("backend"), "backend", BACKEND_NAMES)
+    nat, internal = _networks(data.get("networks"), name, backend)
     kubernetes = _kubernetes(data.get("kubernetes"))
     roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
     _check_overlaps(nat, internal, kubernetes)
     accel = choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
-    backend = choice(data.get("backend"), "backend", BACKEND_NAMES)
+    if accel == "tcg" and backend == "virtualbox":
+        raise ConfigError("accel", "tcg is QEMU's software emulation, which VirtualBox does not have; "
+                          "use auto or kvm (hardware virtualization) with backend virtualbox")
     return Lab(name, domain, user, accel, image_spec, mirror, nat, internal, roles, kubernetes, backend)
 
 
-def _networks(value: Any, lab_name: str) -> tuple[NetworkSpec, NetworkSpec]:
+def _networks(value: Any, lab_name: str, backend: str) -> tuple[NetworkSpec, NetworkSpec]:
     section = mapping(value, "networks", ("nat", "internal"))
     nat_default, internal_default = derived_cidrs(lab_name)
     nat = mapping(section.get("nat"), "networks.nat", NETWORK_KEYS["nat"])
@@ -189,14 +201,27 @@ def _networks(value: Any, lab_name: str) -> tuple[NetworkSpec, NetworkSpec]:
             raise fail(path, f"a prefix length from /16 to /{longest}", str(cidr))
         if not cidr.is_private:
             raise fail(path, "a private range (10/8, 172.16/12, 192.168/16)", str(cidr))
-    mode = choice(internal.get("mode", "isolated"), "networks.internal.mode", ("isolated", "bridge"))
-    bridge = internal.get("bridge")
-    if mode == "bridge":
-        bridge = string(bridge, "networks.internal.bridge", re.compile(r"^[A-Za-z0-9_.-]{1,15}$"),
-                         "the name of an existing host bridge (e.g. br0) for mode bridge")
-    elif bridge is not None:
-        raise ConfigError("networks.internal.bridge", "only valid with mode: bridge")
+    mode, bridge = _internal_mode(internal, backend)
     return NetworkSpec("nat", nat_cidr, "nat"), NetworkSpec("internal", internal_cidr, mode, bridge)
+
+
+def _internal_mode(internal: dict[str, Any], backend: str) -> tuple[str, str | None]:
+    """``networks.internal.mode`` and ``bridge``, checked against what the backend offers."""
+    mode = choice(internal.get("mode", "isolated"), "networks.internal.mode", INTERNAL_MODES)
+    if mode == "intnet" and backend != "virtualbox":
+        raise ConfigError("networks.internal.mode", f"intnet is VirtualBox's internal network; with backend "
+                          f"{backend} use isolated or bridge")
+    bridge = internal.get("bridge")
+    if mode != "bridge":
+        if bridge is not None:
+            raise ConfigError("networks.internal.bridge", "only valid with mode: bridge")
+        return mode, None
+    if backend == "virtualbox":
+        # VirtualBox bridges onto any host interface, named as the host names it ("en0", "Intel(R) Ethernet …").
+        return mode, string(bridge, "networks.internal.bridge", HOST_INTERFACE,
+                            "the name of a host interface for mode bridge (`VBoxManage list bridgedifs`)")
+    return mode, string(bridge, "networks.internal.bridge", LINUX_BRIDGE,
+                        "the name of an existing host bridge (e.g. br0) for mode bridge")
 
 
 def _kubernetes(value: Any) -> KubernetesSpec:

@@ -6,7 +6,7 @@ from ipaddress import IPv4Network
 from labctl.lab.catalog import ImageSpec
 
 ROLES = ("gateway", "lb", "master", "worker")
-BACKEND_NAMES = ("libvirt",)  # the names labctl.backends opens
+BACKEND_NAMES = ("libvirt", "virtualbox")  # the names labctl.backends opens
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class RoleSpec:
 class NetworkSpec:
     key: str  # "nat" or "internal"
     cidr: IPv4Network
-    mode: str  # "nat", "isolated" or "bridge"
-    bridge: str | None = None  # host bridge, bridge mode only
+    mode: str  # "nat", "isolated", "bridge" or "intnet" (VirtualBox only: no host side at all)
+    bridge: str | None = None  # host bridge (VirtualBox: host interface), bridge mode only
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ GATEWAY_OFFSET = 1
 VIP_OFFSET = 10
 ROLE_OFFSETS = {"lb": 11, "master": 21, "worker": 31}
 INTERNAL_HOST_OFFSET = 254
-NAT_HOST_OFFSET = 1  # libvirt's side of the NAT network
+NAT_HOST_OFFSET = 1  # the hypervisor's side of the NAT network (libvirt's host; VirtualBox's gateway is .1)
 NAT_GATEWAY_OFFSET = 2
 API_PORT = 6443  # the Kubernetes API, on the load balancer(s) and every master
 LABCTL_UUID_NAMESPACE = uuid.UUID("6f1c3f0e-7a43-4d0a-9c5e-1b4c2f6a9d10")
@@ -23,9 +23,9 @@ LABCTL_UUID_NAMESPACE = uuid.UUID("6f1c3f0e-7a43-4d0a-9c5e-1b4c2f6a9d10")
 class NetworkPlan:
     key: str  # "nat" or "internal"
     name: str  # <lab>-<key>: what the hypervisor calls it
-    mode: str  # "nat", "isolated" or "bridge"
+    mode: str  # "nat", "isolated", "bridge" or "intnet"
     cidr: IPv4Network
-    host_address: IPv4Interface | None  # the host's address on it; None when bridged
+    host_address: IPv4Interface | None  # the host's address on it; None when bridged or intnet
     host_bridge: str | None  # bridge mode: the user's existing host bridge
     uuid: str
 
@@ -92,7 +92,8 @@ def derive_uuid(lab: str, *parts: str) -> str:
 
 def plan_networks(lab: Lab) -> tuple[NetworkPlan, ...]:
     """The NAT network and the internal network of the lab."""
-    internal_host = None if lab.internal.mode == "bridge" else offset_address(lab.internal.cidr, INTERNAL_HOST_OFFSET)
+    host_side = lab.internal.mode == "isolated"  # bridged: the host has its own LAN address; intnet: none
+    internal_host = offset_address(lab.internal.cidr, INTERNAL_HOST_OFFSET) if host_side else None
     return (
         _network_plan(lab, lab.nat, offset_address(lab.nat.cidr, NAT_HOST_OFFSET)),
         _network_plan(lab, lab.internal, internal_host),

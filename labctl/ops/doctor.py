@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from labctl.backends.base import ForeignNetwork, HypervisorFacts, Tool
 from labctl.errors import ConfigError, LabError
-from labctl.lab.accel import KVM, HostFacts, choose_accel
+from labctl.lab.accel import HARDWARE_FIX, KVM, HostFacts, choose_accel
 from labctl.lab.plan import NetworkPlan, Plan
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -75,14 +75,15 @@ def refuse_if_blocked(checks: Sequence[Check]) -> None:
     """Raise a LabError naming every FAIL (for `up`, which prints each line before refusing)."""
     failures = blocking_failures(checks)
     if failures:
-        summary = "; ".join(f"{check.name}: {check.message}" for check in failures)
-        raise LabError(f"host not ready: {summary}", "run `labctl doctor` for the fixes")
+        summary = "; ".join(f"{check.name}: {check.message}" + (f" (fix: {check.fix})" if check.fix else "")
+                            for check in failures)
+        raise LabError(f"host not ready: {summary}", "`labctl doctor` shows every check")
 
 
 def run_checks(plan: Plan, facts: Facts) -> list[Check]:
     """Every check, in the order a user would fix them."""
     hv = facts.hypervisor or HypervisorFacts(facts.target, facts.local)
-    memory = facts.mem_available_mib if facts.local else hv.mem_available_mib
+    memory = hv.mem_available_mib if hv.mem_available_mib is not None or not facts.local else facts.mem_available_mib
     checks = [
         check_hypervisor(facts),
         check_accel(plan.lab.accel, hv.accel or facts.host_accel),
@@ -91,7 +92,8 @@ def run_checks(plan: Plan, facts: Facts) -> list[Check]:
         check_disk(plan, hv.disk_free, hv.defined),
         *check_subnets(plan, facts.routes, facts.local, hv.own_devices),
     ]
-    bridge = check_bridge(plan, facts.bridges)
+    bridge = (check_bridge(plan, facts.bridges) if hv.bridges is None
+              else check_bridged_interface(plan, hv.bridges))
     if bridge is not None:
         checks.append(bridge)
     networks = hv.networks if facts.hypervisor and not hv.error else None
@@ -115,7 +117,11 @@ def check_accel(requested: str, facts: HostFacts | None) -> Check:
     try:
         accel = choose_accel(requested, facts)
     except ConfigError as err:
+        if not facts.emulation:  # no TCG to fall back on (VirtualBox)
+            return Check("accelerator", FAIL, err.message, err.hint or HARDWARE_FIX)
         return Check("accelerator", FAIL, str(err), "set accel: auto or tcg in lab.yaml, or " + _kvm_fix(facts))
+    if accel.doubtful:
+        return Check("accelerator", WARN, accel.reason, HARDWARE_FIX.partition("; or")[0])
     if accel.kind == KVM:
         return Check("accelerator", OK, accel.reason)
     if requested == "tcg":
@@ -138,7 +144,7 @@ def check_tool(tool: Tool, local: bool) -> Check:
         return Check(tool.name, WARN, f"not checked {where}", f"make sure {tool.name} is installed on the hypervisor")
     if tool.present:
         return Check(tool.name, OK, f"present ({tool.purpose})")
-    return Check(tool.name, FAIL, f"not found; {tool.purpose}", tool.install)
+    return Check(tool.name, FAIL if tool.required else WARN, f"not found; {tool.purpose}", tool.install)
 
 
 def _gib(mib_or_bytes: float, unit: int = 1024) -> str:
@@ -238,6 +244,19 @@ def check_bridge(plan: Plan, bridges: Collection[str] | None) -> Check | None:
     return Check("bridge", FAIL, f"no host bridge named {net.host_bridge} (networks.internal.bridge)",
                  f"create bridge {net.host_bridge} with your LAN interface in it (NetworkManager, systemd-networkd "
                  "or /etc/network/interfaces), or use networks.internal.mode: isolated")
+
+
+def check_bridged_interface(plan: Plan, interfaces: Collection[str]) -> Check | None:
+    """Bridge mode on a hypervisor that bridges onto host interfaces it lists itself (VirtualBox)."""
+    net = plan.network("internal")
+    if net.mode != "bridge":
+        return None
+    if net.host_bridge in interfaces:
+        return Check("bridge", OK, f"host interface {net.host_bridge} can be bridged onto")
+    known = ", ".join(sorted(interfaces)) or "none"
+    return Check("bridge", FAIL, f"no host interface named {net.host_bridge} to bridge onto (networks.internal.bridge; "
+                 f"the hypervisor offers: {known})",
+                 "name one of those in networks.internal.bridge, or use networks.internal.mode: isolated or intnet")
 
 
 def check_other_labs(plan: Plan, networks: Sequence[ForeignNetwork] | None, foreign: Sequence[str]) -> list[Check]:

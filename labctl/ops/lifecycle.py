@@ -62,9 +62,10 @@ class UpResult:
 
 
 def choose_lab_accel(plan: Plan, backend: Backend, events: Events) -> Accel:
-    """``accel:`` of lab.yaml resolved against what the hypervisor offers; TCG is said out loud."""
+    """``accel:`` of lab.yaml resolved against what the hypervisor offers; TCG (or a doubtful choice) is
+    said out loud."""
     accel = choose_accel(plan.lab.accel, backend.accel_facts())
-    if accel.emulated:
+    if accel.emulated or accel.doubtful:
         events.note(f"accelerator: {accel.reason}")
     return accel
 
@@ -164,10 +165,11 @@ def start_nodes(nodes: Sequence[NodePlan], backend: Backend, step: Callable[[str
     """Start the stopped ones of ``nodes``, in order; where each console log stood before its start.
 
     Readiness reads a started node's log from there on (the phases of this boot); a node that was
-    already running gets 0, so the last phase it printed stands."""
+    already running gets 0, so the last phase it printed stands, and so does every node of a backend
+    that starts its logs afresh at each boot."""
     offsets = {}
     for node in nodes:
-        before = _size(backend.console_log(node))
+        before = 0 if backend.console_log_per_boot else _size(backend.console_log(node))
         did = backend.start_node(node)
         offsets[node.name] = before if did == "started" else 0
         step(f"start {node.name}", did)

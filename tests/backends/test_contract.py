@@ -4,7 +4,8 @@
 - ``libvirt-test``: libvirt's in-process test:///default driver (it cannot upload volumes, so it runs
   the network and inventory part of the contract only);
 - ``libvirt``: a real libvirtd in a private network namespace (root; TCG);
-- ``virtualbox``: the real VBoxManage in its chroot (no kernel driver here: everything but starting a VM).
+- ``virtualbox``: the real VBoxManage in its chroot (no kernel driver here: everything but starting a VM;
+  its lab's internal network is an ``intnet``, as a host-only interface cannot be made without the driver).
 
 A new backend proves itself by joining the lists below.
 """
@@ -20,6 +21,7 @@ import pytest
 
 from labctl.backends.base import Backend, BaseImage, NodeRequest
 from labctl.errors import BackendError
+from labctl.guest.seed import build_seed_iso
 from labctl.lab.accel import TCG, Accel
 from labctl.lab.config import parse_lab
 from labctl.lab.identity import network_tag, node_tag
@@ -37,19 +39,27 @@ ACCEL = Accel(TCG, "contract")
 
 @dataclass
 class Subject:
+    name: str  # the backend's, as in ALL
     backend: Backend
     plan: Plan
     image: BaseImage
     work: Path
 
 
-def small_plan(image: Path, lab: str = LAB, subnet: int = 1) -> Plan:
+# The internal network's mode where the default (isolated) cannot be made here: VirtualBox cannot create
+# a host-only interface without its kernel driver, so its lab uses an internal network.
+INTERNAL_MODE = {"virtualbox": "intnet"}
+
+
+def small_plan(image: Path, lab: str = LAB, subnet: int = 1, backend: str = "fake") -> Plan:
     """gateway, lb1 and master1 of ``lab``, on 10.231.<2·subnet>.0/24 (NAT) and the /24 after it."""
+    mode = INTERNAL_MODE.get(backend, "isolated")
     return plan_lab(parse_lab(f"name: {lab}\nimage: {{path: {image}}}\n"
                               "kubernetes: {enforce_minimums: false}\n"
                               f"networks: {{nat: {{cidr: 10.231.{2 * subnet}.0/24}}, "
-                              f"internal: {{cidr: 10.231.{2 * subnet + 1}.0/24}}}}\n"
-                              "nodes: {master: {count: 1, cpus: 1, memory: 512}, worker: {count: 0}}", "contract"))
+                              f"internal: {{cidr: 10.231.{2 * subnet + 1}.0/24, mode: {mode}}}}}\n"
+                              "nodes: {master: {count: 1, cpus: 1, memory: 512}, worker: {count: 0}}", "contract",
+                              backend="virtualbox" if backend == "virtualbox" else None))
 
 
 def base_image(work: Path) -> BaseImage:
@@ -79,8 +89,26 @@ def libvirt_private(request: pytest.FixtureRequest, work: Path) -> Backend:
     return backend
 
 
+def virtualbox(request: pytest.FixtureRequest, work: Path) -> Backend:
+    from labctl.backends.virtualbox.backend import VirtualBoxBackend
+    from labctl.backends.virtualbox.vboxmanage import VBoxManage
+
+    manage = VBoxManage(request.getfixturevalue("vbox").run)
+    return VirtualBoxBackend(manage, manage.check_version(), root=work / "vms")
+
+
+def work_dir(request: pytest.FixtureRequest, name: str, tmp_path: Path) -> Path:
+    """Where the subject's files go: for VirtualBox inside its harness, whose VBoxManage sees only that."""
+    if name != "virtualbox":
+        return tmp_path
+    work = request.getfixturevalue("vbox").work / f"contract-{tmp_path.name}"
+    work.mkdir()
+    return work
+
+
 Factory = Callable[[pytest.FixtureRequest, Path], Backend]
-ALL: dict[str, Factory] = {"fake": fake_backend, "libvirt-test": libvirt_test_driver, "libvirt": libvirt_private}
+ALL: dict[str, Factory] = {"fake": fake_backend, "libvirt-test": libvirt_test_driver, "libvirt": libvirt_private,
+                           "virtualbox": virtualbox}
 # Backends that can hold nodes (import images and upload seeds), and those that can also run them here.
 WITH_NODES = [name for name in ALL if name != "libvirt-test"]
 RUNNING = ["fake", "libvirt"]
@@ -88,18 +116,27 @@ RUNNING = ["fake", "libvirt"]
 
 @pytest.fixture
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
-    backend = ALL[request.param](request, tmp_path)
-    image = base_image(tmp_path)
-    plan = small_plan(image.path)
+    work = work_dir(request, request.param, tmp_path)
+    backend = ALL[request.param](request, work)
+    image = base_image(work)
+    plan = small_plan(image.path, backend=request.param)
     try:
-        yield Subject(backend, plan, image, tmp_path)
+        yield Subject(request.param, backend, plan, image, work)
     finally:
-        destroy(LAB, backend, LabState.for_lab(LAB, tmp_path / "state"), QuietEvents())
+        destroy(LAB, backend, LabState.for_lab(LAB, work / "state"), QuietEvents())
         backend.close()
 
 
+SLOW = {"virtualbox"}  # VBoxManage in its harness: a minute or more for the suite (slow, as its other tests)
+
+
 def with_backends(names: list[str]) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("subject", names, indirect=True)
+    params = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in names]
+    return pytest.mark.parametrize("subject", params, indirect=True)
+
+
+# A real (tiny) ISO: VirtualBox opens what it attaches as a DVD.
+SEED = build_seed_iso({"meta-data": b"instance-id: contract\n", "user-data": b"#cloud-config\n"})
 
 
 def define_nodes(s: Subject) -> None:
@@ -108,7 +145,7 @@ def define_nodes(s: Subject) -> None:
         s.backend.ensure_network(net, network_tag(LAB, LAB_ID))
     for node in s.plan.nodes:
         tag = node_tag(LAB, LAB_ID, node.role, node.name)
-        assert s.backend.ensure_node(NodeRequest(node, tag, b"seed", ACCEL, s.image)) == "created"
+        assert s.backend.ensure_node(NodeRequest(node, tag, SEED, ACCEL, s.image)) == "created"
 
 
 # --- networks and inventory: every backend ---------------------------------------------------------
@@ -144,7 +181,7 @@ def test_destroy_removes_the_labs_objects_only(subject: Subject) -> None:
     backend = subject.backend
     for net in subject.plan.networks:
         backend.ensure_network(net, network_tag(LAB, LAB_ID))
-    foreign = small_plan(subject.image.path, "ctother", subnet=2).network("internal")
+    foreign = small_plan(subject.image.path, "ctother", subnet=2, backend=subject.name).network("internal")
     backend.ensure_network(foreign, network_tag("ctother", "0000000000bb"))
     try:
         removed = destroy(LAB, backend, LabState.for_lab(LAB, subject.work / "state"), QuietEvents())
@@ -174,7 +211,7 @@ def test_nodes_are_defined_once_on_a_shared_base_that_destroy_keeps(subject: Sub
     assert backend.ensure_base_image(subject.image) == "exists"
     for node in plan.nodes:
         tag = node_tag(LAB, LAB_ID, node.role, node.name)
-        assert backend.ensure_node(NodeRequest(node, tag, b"seed", ACCEL, subject.image)) == "exists"
+        assert backend.ensure_node(NodeRequest(node, tag, SEED, ACCEL, subject.image)) == "exists"
     objects = backend.lab_objects(LAB, {LAB_ID})
     nodes = {obj.tag.node: obj for obj in objects if obj.kind == "domain" and obj.tag}
     assert sorted(nodes) == sorted(plan.node_names)

@@ -42,6 +42,25 @@ nodes: {lb: {count: 2}, master: {count: 5}}
     assert lab.role("lb").count == 2 and lab.role("master").count == 5
 
 
+def test_virtualbox_modes_and_host_interface_names():
+    intnet = parse_lab("backend: virtualbox\nnetworks: {internal: {mode: intnet}}", "t")
+    assert (intnet.backend, intnet.internal.mode, intnet.internal.bridge) == ("virtualbox", "intnet", None)
+    windows = "Intel(R) Ethernet Connection (7) I219-V"  # VirtualBox bridges onto host interfaces by their names
+    bridged = parse_lab(f"backend: virtualbox\nnetworks: {{internal: {{mode: bridge, bridge: '{windows}'}}}}", "t")
+    assert bridged.internal.bridge == windows
+
+
+def test_the_backend_override_is_validated_with_the_file():
+    """--backend reaches validation: a setting that is one backend's is refused under the other."""
+    text = "backend: virtualbox\nnetworks: {internal: {mode: intnet}}"
+    assert parse_lab(text, "t", backend="virtualbox").backend == "virtualbox"
+    with pytest.raises(ConfigError, match=r"^networks\.internal\.mode: intnet is VirtualBox's"):
+        parse_lab(text, "t", backend="libvirt")
+    assert parse_lab("accel: tcg", "t").accel == "tcg"
+    with pytest.raises(ConfigError, match=r"^accel: tcg is QEMU's software emulation"):
+        parse_lab("accel: tcg", "t", backend="virtualbox")
+
+
 def test_relaxed_minimums_allow_small_masters():
     lab = parse_lab("kubernetes: {enforce_minimums: false}\nnodes: {master: {cpus: 1, memory: 768}}\n", "t")
     assert lab.role("master").memory == 768
@@ -86,7 +105,14 @@ INVALID = [
      "kubernetes.service_cidr: 10.240.0.0/12 overlaps kubernetes.pod_cidr (10.244.0.0/16)"),
     ("networks: {internal: {mode: bridge}}", "networks.internal.bridge: expected the name of an existing host bridge"),
     ("networks: {internal: {bridge: br0}}", "networks.internal.bridge: only valid with mode: bridge"),
-    ("networks: {internal: {mode: nat}}", 'networks.internal.mode: expected one of isolated, bridge, got "nat"'),
+    ("networks: {internal: {mode: nat}}",
+     'networks.internal.mode: expected one of isolated, bridge, intnet, got "nat"'),
+    ("networks: {internal: {mode: intnet}}",
+     "networks.internal.mode: intnet is VirtualBox's internal network; with backend libvirt use isolated or bridge"),
+    ("backend: virtualbox\naccel: tcg", "accel: tcg is QEMU's software emulation, which VirtualBox does not have"),
+    ("backend: virtualbox\nnetworks: {internal: {mode: bridge, bridge: ' en0'}}",
+     "networks.internal.bridge: expected the name of a host interface for mode bridge"),
+    ("backend: hyperv", 'backend: expected one of libvirt, virtualbox, got "hyperv"'),
     ("networks: {dmz: {}}", "networks.dmz: unknown key; valid keys: nat, internal"),
     ("kubernetes: {version: 1.31}", 'kubernetes.version: expected a quoted version such as "1.31", got 1.31'),
     ("kubernetes: {version: latest}", "kubernetes.version: expected a Kubernetes version"),

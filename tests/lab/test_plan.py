@@ -44,6 +44,13 @@ def test_bridge_mode_has_no_host_address_and_uses_the_host_bridge():
     assert internal.host_address is None and internal.host_bridge == "br0"
 
 
+def test_intnet_mode_has_no_host_side():
+    plan = plan_lab(parse_lab("backend: virtualbox\nnetworks: {internal: {mode: intnet}}", "t"))
+    internal = plan.network("internal")
+    assert (internal.mode, internal.host_address, internal.host_bridge) == ("intnet", None, None)
+    assert plan.network("nat").host_address.ip == plan.lab.nat.cidr.network_address + 1  # VirtualBox's NAT gateway
+
+
 def test_plan_is_deterministic_and_macs_unique():
     first, second = plan_lab(load_lab()), plan_lab(load_lab())
     assert first == second

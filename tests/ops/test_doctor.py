@@ -1,6 +1,7 @@
 """labctl doctor: each check against faked host facts, and fact gathering with injected probes."""
 
 import json
+from dataclasses import replace
 from ipaddress import IPv4Network
 
 import pytest
@@ -11,6 +12,7 @@ from labctl.errors import BackendError, LabError
 from labctl.image.cache import ImageCache
 from labctl.lab.accel import HostFacts
 from labctl.lab.config import parse_lab
+from labctl.lab.plan import plan_lab
 from labctl.ops.doctor import (
     FAIL,
     OK,
@@ -64,6 +66,21 @@ def test_usable_kvm_and_requested_tcg_are_ok():
     assert check_accel("auto", KVM).status == OK
     check = check_accel("tcg", KVM)
     assert check.status == OK and "30-60 minutes" in check.message
+
+
+VBOX_NO_VTX = HostFacts(kvm_device=False, modules=frozenset(), emulation=False, hardware=False)
+VBOX_VTX = HostFacts(kvm_device=False, modules=frozenset(), emulation=False, hardware=True)
+
+
+def test_a_hypervisor_without_emulation_never_gets_tcg():
+    """VirtualBox: hardware virtualization or a refusal (auto), a warning where kvm insists."""
+    assert check_accel("auto", VBOX_VTX).status == OK
+    refused = check_accel("auto", VBOX_NO_VTX)
+    assert refused.status == FAIL and "no hardware virtualization (VT-x/AMD-V)" in refused.message
+    assert "enable VT-x/AMD-V" in refused.fix and "accel: tcg" not in refused.fix
+    insisted = check_accel("kvm", VBOX_NO_VTX)
+    assert insisted.status == WARN and "nodes may fail to start" in insisted.message
+    assert check_accel("tcg", VBOX_VTX).status == FAIL
 
 
 # --- subnets ----------------------------------------------------------------------------------------
@@ -214,6 +231,28 @@ def test_blocking_failures_are_the_fails_and_up_refuses_with_them(plan):
     with pytest.raises(LabError, match=r"host not ready: memory: 2\.0 GiB available"):
         refuse_if_blocked(checks)
     refuse_if_blocked([check for check in checks if check.status != FAIL])
+
+
+def test_virtualbox_facts_memory_bridges_and_a_driver_up_can_do_without(tmp_path):
+    """A hypervisor that reports memory and bridgeable interfaces itself, and a tool `up` does not need."""
+    plan = plan_lab(parse_lab("backend: virtualbox\naccel: kvm\nnetworks: {internal: {mode: bridge, bridge: en0}}\n"
+                              "nodes: {master: {count: 1}, worker: {count: 0}}", "t"))
+    driver = Tool("vboxdrv", False, "VirtualBox's kernel driver", "sudo /sbin/vboxconfig", required=False)
+    hypervisor = HypervisorFacts("VirtualBox 7.2.22", True, accel=VBOX_NO_VTX, tools=(driver,),
+                                 mem_available_mib=16384, disk_free=500 * GIB, networks=(),
+                                 bridges=frozenset({"en0", "en1"}))
+    facts = Facts("virtualbox", "VirtualBox 7.2.22", True, hypervisor, mem_available_mib=1, routes=(),
+                  bridges=frozenset(), image=Check("image", OK, "cached"))
+    checks = {check.name: check for check in run_checks(plan, facts)}
+    assert checks["memory"].status == OK  # the hypervisor's figure, not the host's 1 MiB
+    assert checks["bridge"].line() == "OK    bridge: host interface en0 can be bridged onto"
+    assert checks["vboxdrv"].status == WARN and checks["accelerator"].status == WARN
+    assert blocking_failures(list(checks.values())) == []
+    missing = run_checks(plan, replace(facts, hypervisor=replace(hypervisor, bridges=frozenset({"eth0"}))))
+    (failed,) = blocking_failures(missing)
+    assert failed.name == "bridge" and "offers: eth0" in failed.message
+    with pytest.raises(LabError, match=r"host not ready: bridge: no host interface named en0 .* \(fix: name one"):
+        refuse_if_blocked(missing)
 
 
 def fake_probes(**overrides):

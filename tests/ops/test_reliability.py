@@ -7,20 +7,25 @@ right after a given step until the test has sent its signal, whatever the machin
 test asserts that the signal landed. Each figure is printed as `FIGURE name: …` and collected in
 build/figures.json for the README."""
 
-import errno
 import json
 import os
 import signal
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import libvirt
 import pytest
 
 from labctl.cli.output import PAUSE_AFTER_STEP
-from tests.labenv import lab_env, labctl, labctl_popen, normalized, record_figure, snapshot, write_lab
+from tests.labenv import (
+    hold_at_pause,
+    interrupt_after_step,
+    lab_env,
+    labctl,
+    labctl_popen,
+    normalized,
+    record_figure,
+    snapshot,
+    write_lab,
+)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow, pytest.mark.races]
 STEP_PREFIXES = ("base image ", "network ", "node ", "start ")
@@ -48,45 +53,6 @@ def lab_objects(daemon, lab: str) -> dict:
         "networks": [n for n in snap["networks"] if n[0].startswith(f"{lab}-")],
         "volumes": [v for v in snap["volumes"] if v.startswith(f"{lab}-")],
     }
-
-
-@dataclass(frozen=True)
-class Interruption:
-    code: int  # the process's return code (-9: SIGKILL, 130: Ctrl-C)
-    stderr: str
-    landed: bool  # the signal reached a live process paused at the boundary and ended it
-
-
-def interrupt_after_step(env: dict, step: int, signum: int = signal.SIGKILL) -> Interruption:
-    """Start `up`; once it has printed its ``step``-th step and paused there (labctl's test-only pause on a
-    FIFO, see labctl/cli/output.py), send ``signum``; then let go. Landed: ended by that signal."""
-    with tempfile.TemporaryDirectory(prefix="lc-pause-") as scratch:
-        fifo = Path(scratch) / "pause"
-        os.mkfifo(fifo)
-        proc = labctl_popen({**env, PAUSE_AFTER_STEP: f"{step}:{fifo}"}, "up", "--no-wait")
-        holder = hold_at_pause(proc, fifo)
-        alive = holder is not None and proc.poll() is None
-        if alive:
-            proc.send_signal(signum)
-        if holder is not None:
-            os.close(holder)
-        _, stderr = proc.communicate(timeout=120)
-    expected = -signal.SIGKILL if signum == signal.SIGKILL else 130
-    return Interruption(proc.returncode, stderr, alive and proc.returncode == expected)
-
-
-def hold_at_pause(proc, fifo: Path, timeout: float = 300) -> int | None:
-    """Open the FIFO's writing end once `up` waits on it (it is then exactly at the boundary); None when
-    `up` ended first. Non-blocking, so a run that never gets there cannot hang the test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as err:
-            if err.errno != errno.ENXIO:  # ENXIO: nobody reads yet
-                raise
-        time.sleep(0.02)
-    return None
 
 
 def test_sigkill_at_every_step_boundary_then_rerun_converges(daemon, small):

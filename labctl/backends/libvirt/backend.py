@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from labctl.backends.base import (
 from labctl.backends.libvirt.xml import DomainMedia, domain_xml, network_xml, pool_xml, read_tag, volume_xml
 from labctl.errors import BackendError
 from labctl.lab.accel import Accel, HostFacts, read_host_facts
-from labctl.lab.identity import Tag, network_tag, node_tag
+from labctl.lab.identity import Tag, media_pattern, network_tag, node_tag
 from labctl.lab.lock import host_lock
 from labctl.lab.plan import NetworkPlan, NodePlan, Plan
 from labctl.paths import cache_root
@@ -389,7 +388,7 @@ class LibvirtBackend(Backend):
         found = [LabObject("domain", d.name(), _domain_state(d), tag) for d, tag in self._tagged(domains, lab)]
         found += [LabObject("network", n.name(), "active" if n.isActive() else "inactive", tag)
                   for n, tag in self._tagged(networks, lab)]
-        pattern = _volume_pattern(lab, lab_ids)
+        pattern = media_pattern(lab, lab_ids, (".qcow2", "-seed.iso"))
         found += [LabObject("volume", v.name(), "present") for v in volumes if pattern and pattern.match(v.name())]
         return found
 
@@ -436,10 +435,3 @@ def _network_names(lab: str) -> dict[str, str]:
 
 def _domain_state(domain: libvirt.virDomain) -> str:
     return _STATES.get(domain.state()[0], "unknown")
-
-
-def _volume_pattern(lab: str, lab_ids: set[str]) -> re.Pattern[str] | None:
-    if not lab_ids:
-        return None
-    ids = "|".join(re.escape(i) for i in sorted(lab_ids))
-    return re.compile(rf"^{re.escape(lab)}-[a-z0-9-]+-({ids})(\.qcow2|-seed\.iso)$")

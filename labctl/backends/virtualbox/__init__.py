@@ -1,5 +1,9 @@
-"""The VirtualBox backend (VirtualBox 7, driven through VBoxManage).
+"""The VirtualBox backend (VirtualBox 7, driven through VBoxManage): the only package that runs VBoxManage.
 
-So far the command layer only: :mod:`.vboxmanage` runs VBoxManage and translates its errors,
-:mod:`.output` parses what it prints. The backend proper comes with the redesigned interface.
+:mod:`.vboxmanage` runs it and translates its errors, :mod:`.output` parses what it prints,
+:mod:`.definition` says what the plan is in VirtualBox terms (pure), and :mod:`.backend` applies it.
 """
+
+from labctl.backends.virtualbox.backend import VirtualBoxBackend
+
+__all__ = ["VirtualBoxBackend"]

@@ -85,6 +85,17 @@ def _token(text: str, pos: int, stop: str) -> tuple[str, int]:
     raise ParseError(f"unterminated quoted value: {''.join(chars)[:80]!r}")
 
 
+def parse_info_lines(text: str) -> dict[str, str]:
+    """``Key: value`` lines whose values are not aligned (``list hostinfo``, ``list systemproperties``):
+    the first value of each unindented key; headings (``Host Information:``) and indented lines skipped."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key and not key[0].isspace() and value.strip():
+            values.setdefault(key.strip(), value.strip())
+    return values
+
+
 def parse_records(text: str) -> list[dict[str, str]]:
     """``Key:   value`` records (``list hdds``, ``list natnetworks``, ``showmediuminfo``, …)."""
     records: list[dict[str, str]] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from labctl.backends.virtualbox.output import (
     parse_created_uuid,
     parse_extradata,
     parse_extradata_value,
+    parse_info_lines,
     parse_records,
     parse_version,
     parse_vm_list,
@@ -49,6 +51,11 @@ _ERROR_PREFIX = "VBoxManage: error: "
 _PROGRESS = re.compile(r"^(?:\d+%\.{3})+")
 _DETAILS_CODE = re.compile(r"Details: code (?P<code>\w+)")
 _BARE_CODE = re.compile(r"Code (?P<code>\w+) \(0x[0-9a-fA-F]+\) - (?P<text>.*)")
+# VBoxManage's own words when it cannot get at VBoxSVC (which then never saw the command), and the waits
+# before running it again.
+NO_SERVER = "Failed to create the VirtualBox object!"
+NO_SERVER_RETRIES = (1.0, 2.0, 4.0)
+_CREATED_INTERFACE = re.compile(r"Interface '(?P<name>[^']+)' was successfully created")
 _INSTALL_HINT = f"install VirtualBox 7 (VBoxManage on PATH) or point {PROGRAM_ENV} at VBoxManage"
 
 
@@ -122,6 +129,42 @@ def error_text(stderr: str, stdout: str = "", returncode: int = 1) -> tuple[str,
     return (f"exit code {returncode}" + (f" ({usage})" if usage else "")), code
 
 
+def createvm_argv(name: str, basefolder: Path, *, uuid: str | None = None, groups: Sequence[str] = (),
+                  ostype: str | None = None) -> list[str]:
+    args = ["createvm", "--name", name, "--basefolder", str(basefolder), "--register"]
+    if uuid:
+        args += ["--uuid", uuid]
+    if groups:
+        args += ["--groups", ",".join(groups)]
+    if ostype:
+        args += ["--ostype", ostype]
+    return args
+
+
+def storagectl_argv(vm: str, name: str, *, bus: str, controller: str | None = None, port_count: int | None = None,
+                    bootable: bool | None = None) -> list[str]:
+    args = ["storagectl", vm, "--name", name, "--add", bus]
+    if controller:
+        args += ["--controller", controller]
+    if port_count is not None:
+        args += ["--portcount", str(port_count)]
+    if bootable is not None:
+        args += ["--bootable", "on" if bootable else "off"]
+    return args
+
+
+def storageattach_argv(vm: str, controller: str, port: int, device: int, *, kind: str | None, medium: str,
+                       force_unmount: bool = False) -> list[str]:
+    args = ["storageattach", vm, "--storagectl", controller, "--port", str(port), "--device", str(device)]
+    if kind:
+        args += ["--type", kind]
+    return [*args, "--medium", medium, *(["--forceunmount"] if force_unmount else [])]
+
+
+def diff_medium_argv(parent: str, target: Path, fmt: str = "VDI") -> list[str]:
+    return ["createmedium", "disk", "--filename", str(target), "--diffparent", parent, "--format", fmt]
+
+
 def mac_to_vbox(mac: str) -> str:
     """``52:54:00:a1:b2:c3`` → ``525400A1B2C3`` (what ``--macaddressN`` takes)."""
     digits = mac.replace(":", "").replace("-", "")
@@ -133,17 +176,26 @@ def mac_to_vbox(mac: str) -> str:
 class VBoxManage:
     """Thin, typed wrappers of the VBoxManage subcommands the backend uses; :meth:`call` for the rest."""
 
-    def __init__(self, run: Runner | None = None, program: str | None = None) -> None:
+    def __init__(self, run: Runner | None = None, program: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.program = program or default_program()
         self._run = run or subprocess_runner()
+        self._sleep = sleep
 
     def call(self, *args: str) -> str:
-        """Run ``VBoxManage ARGS…``; stdout, or :class:`VBoxManageError`."""
-        code, out, err = self._run([self.program, *args])
-        if code != 0:
-            message, result_code = error_text(err, out, code)
-            raise VBoxManageError(subcommand_of(args), message, result_code, code)
-        return out
+        """Run ``VBoxManage ARGS…``; stdout, or :class:`VBoxManageError`.
+
+        A command that could not reach VBoxSVC (it was exiting after its idle time, or starting slowly) did
+        nothing, and runs again, a few times."""
+        for delay in (*NO_SERVER_RETRIES, None):
+            code, out, err = self._run([self.program, *args])
+            if code == 0:
+                return out
+            if delay is None or NO_SERVER not in err:
+                break
+            self._sleep(delay)
+        message, result_code = error_text(err, out, code)
+        raise VBoxManageError(subcommand_of(args), message, result_code, code)
 
     # --- version --------------------------------------------------------------------------------
 
@@ -169,14 +221,12 @@ class VBoxManage:
     def create_vm(self, name: str, basefolder: Path, *, uuid: str | None = None, groups: Sequence[str] = (),
                   ostype: str | None = None) -> str:
         """Create and register a VM; its UUID. ``groups`` like ``/labctl/lab``."""
-        args = ["createvm", "--name", name, "--basefolder", str(basefolder), "--register"]
-        if uuid:
-            args += ["--uuid", uuid]
-        if groups:
-            args += ["--groups", ",".join(groups)]
-        if ostype:
-            args += ["--ostype", ostype]
-        return parse_created_uuid(self.call(*args))
+        return parse_created_uuid(self.call(*createvm_argv(name, basefolder, uuid=uuid, groups=groups,
+                                                           ostype=ostype)))
+
+    def register_vm(self, settings: Path) -> None:
+        """Register the VM of a settings file (one that ``createvm`` wrote but, killed, did not register)."""
+        self.call("registervm", str(settings))
 
     def modify_vm(self, vm: str, *options: str) -> None:
         """``modifyvm VM OPTIONS…``; all or nothing (VirtualBox discards the lot on an error)."""
@@ -199,23 +249,15 @@ class VBoxManage:
     def storage_ctl(self, vm: str, name: str, *, bus: str, controller: str | None = None,
                     port_count: int | None = None, bootable: bool | None = None) -> None:
         """Add a storage controller: bus ``virtio-scsi``, ``ide``, ``sata``…; controller ``VirtIO``, ``PIIX4``…"""
-        args = ["storagectl", vm, "--name", name, "--add", bus]
-        if controller:
-            args += ["--controller", controller]
-        if port_count is not None:
-            args += ["--portcount", str(port_count)]
-        if bootable is not None:
-            args += ["--bootable", "on" if bootable else "off"]
-        self.call(*args)
+        self.call(*storagectl_argv(vm, name, bus=bus, controller=controller, port_count=port_count,
+                                   bootable=bootable))
 
     def storage_attach(self, vm: str, controller: str, port: int, device: int, *, kind: str | None,
-                       medium: str) -> None:
+                       medium: str, force_unmount: bool = False) -> None:
         """Attach ``medium`` (a path, UUID, ``emptydrive`` or ``none`` to detach) as ``kind``
-        (``hdd``, ``dvddrive``; None when detaching)."""
-        args = ["storageattach", vm, "--storagectl", controller, "--port", str(port), "--device", str(device)]
-        if kind:
-            args += ["--type", kind]
-        self.call(*args, "--medium", medium)
+        (``hdd``, ``dvddrive``; None when detaching); ``force_unmount`` ejects what a running guest holds."""
+        self.call(*storageattach_argv(vm, controller, port, device, kind=kind, medium=medium,
+                                      force_unmount=force_unmount))
 
     # --- extradata ----------------------------------------------------------------------------------
 
@@ -252,6 +294,30 @@ class VBoxManage:
     def list_hostonlyifs(self) -> list[Record]:
         return parse_records(self.call("list", "hostonlyifs"))
 
+    def hostonlyif_create(self) -> str:
+        """A new host-only interface (Linux, Windows; named by VirtualBox: ``vboxnet0``, …); its name."""
+        out = self.call("hostonlyif", "create")
+        match = _CREATED_INTERFACE.search(out)
+        if not match:
+            raise BackendError(f"VBoxManage hostonlyif create: no interface name in {out.strip()[:120]!r}")
+        return match["name"]
+
+    def hostonlyif_ipconfig(self, name: str, ip: str, netmask: str) -> None:
+        self.call("hostonlyif", "ipconfig", name, "--ip", ip, "--netmask", netmask)
+
+    def hostonlyif_remove(self, name: str) -> None:
+        self.call("hostonlyif", "remove", name)
+
+    # --- the host -----------------------------------------------------------------------------------
+
+    def host_info(self) -> dict[str, str]:
+        """``list hostinfo``: processor features (``Processor supports HW virtualization``), memory, OS."""
+        return parse_info_lines(self.call("list", "hostinfo"))
+
+    def system_properties(self) -> dict[str, str]:
+        """``list systemproperties`` (``Default machine folder``, …)."""
+        return parse_info_lines(self.call("list", "systemproperties"))
+
     # --- media --------------------------------------------------------------------------------------
 
     def list_hdds(self) -> list[Record]:
@@ -276,10 +342,13 @@ class VBoxManage:
         return parse_created_uuid(self.call("createmedium", "disk", "--filename", str(target),
                                             "--size", str(size_mb), "--format", fmt))
 
+    def convert_from_raw(self, source: Path, target: Path, fmt: str = "VDI") -> None:
+        """A raw disk image into a new ``target`` (not registered; VBoxManage prints no UUID)."""
+        self.call("convertfromraw", str(source), str(target), "--format", fmt)
+
     def create_diff_medium(self, parent: str, target: Path, fmt: str = "VDI") -> str:
         """A differencing disk on ``parent``; its UUID."""
-        return parse_created_uuid(self.call("createmedium", "disk", "--filename", str(target),
-                                            "--diffparent", parent, "--format", fmt))
+        return parse_created_uuid(self.call(*diff_medium_argv(parent, target, fmt)))
 
     def resize_medium(self, medium: str, size_mb: int) -> None:
         """Grow a disk to ``size_mb`` MiB (VirtualBox cannot shrink)."""

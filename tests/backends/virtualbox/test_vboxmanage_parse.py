@@ -302,3 +302,40 @@ def test_missing_program_is_one_line_with_a_hint(monkeypatch):
         VBoxManage().version()
     assert str(caught.value) == ("/nonexistent/VBoxManage not found (install VirtualBox 7 (VBoxManage on PATH) "
                                  "or point LABCTL_VBOXMANAGE at VBoxManage)")
+
+
+def test_host_only_interfaces_created_named_and_refused():
+    def made(argv: Sequence[str]) -> tuple[int, str, str]:
+        # VBoxManageHostonly.cpp prints this on success (not recordable here: no vboxnetctl)
+        return 0, "Interface 'vboxnet2' was successfully created\n", "0%...100%\n"
+
+    assert VBoxManage(made).hostonlyif_create() == "vboxnet2"
+    with pytest.raises(VBoxManageError) as caught:
+        VBoxManage(Replay(hostonlyif_create="hostonlyif-create")).hostonlyif_create()
+    assert str(caught.value) == (
+        "VBoxManage hostonlyif create: Failed to create the host-only adapter; VBoxNetAdpCtl: Error while adding new "
+        "interface: failed to open /dev/vboxnetctl: No such file or directory")
+
+
+def test_ejecting_a_running_guests_dvd_forces_the_unmount():
+    runner = Replay(storageattach="version")  # any successful answer
+    VBoxManage(runner, program="VBoxManage").storage_attach("u", "virtio", 1, 0, kind="dvddrive",
+                                                           medium="emptydrive", force_unmount=True)
+    assert runner.calls == [["VBoxManage", "storageattach", "u", "--storagectl", "virtio", "--port", "1",
+                             "--device", "0", "--type", "dvddrive", "--medium", "emptydrive", "--forceunmount"]]
+
+
+def test_a_command_that_found_no_vboxsvc_runs_again():
+    """VBoxSVC exits a few seconds after its last client; a command arriving then never reached it."""
+    no_server = ("VBoxManage: error: Failed to create the VirtualBox object!\n"
+                 "VBoxManage: error: Code NS_ERROR_ABORT (0x80004004) - Stream operation would block (extended info "
+                 "not available)\nVBoxManage: error: Most likely, the VirtualBox COM server is not running or failed "
+                 "to start.\n")
+    answers = [(1, "", no_server), (1, "", no_server), (0, "Value: k8s\n", "")]
+    slept: list[float] = []
+    vbox = VBoxManage(lambda argv: answers.pop(0), sleep=slept.append)
+    assert vbox.get_extradata("global", "labctl/x") == "k8s" and slept == [1.0, 2.0]
+    answers[:] = [(1, "", no_server)] * 4
+    with pytest.raises(VBoxManageError, match=r"^VBoxManage getextradata: Failed to create the VirtualBox object!"):
+        vbox.get_extradata("global", "labctl/x")
+    assert slept == [1.0, 2.0, 1.0, 2.0, 4.0]

@@ -5,7 +5,6 @@ VMs that leaves a foreign one alone."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from labctl.backends.virtualbox.output import Attachment, Nic
 from labctl.backends.virtualbox.vboxmanage import VBoxManage, VBoxManageError, mac_to_vbox
 from labctl.lab.config import parse_lab
 from labctl.lab.plan import NodePlan, Plan, plan_lab
+from tests.labenv import same_data, written_image
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,9 @@ def folder(vbox, request) -> Path:
     return path
 
 
-def make_qcow2(path: Path, size: str = "64M") -> Path:
+def make_qcow2(path: Path) -> Path:
     """A qcow2 with data in it (VirtualBox refuses one never written to: no L1 table yet)."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True, timeout=60)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1M", str(path)], check=True, timeout=60,
-                   capture_output=True)
-    return path
+    return written_image(path, pattern=0xAB, length="1M")
 
 
 def make_base(manage: VBoxManage, folder: Path) -> Path:
@@ -54,7 +51,7 @@ def make_node(manage: VBoxManage, folder: Path, node: NodePlan, plan: Plan, base
                             ostype="Debian_64", uuid=node.uuid)
     nic_options = []
     for slot, nic in enumerate(node.nics, start=1):
-        network = plan.network(nic.network).libvirt_name
+        network = plan.network(nic.network).name
         kind, network_option = ("natnetwork", "--nat-network") if nic.network == "nat" else ("intnet", "--intnet")
         nic_options += [f"--nic{slot}", kind, f"{network_option}{slot}", network, f"--nic-type{slot}", "virtio",
                         f"--macaddress{slot}", mac_to_vbox(nic.mac)]
@@ -94,8 +91,8 @@ def test_a_lab_node_reads_back_as_configured(manage, folder, plan):
     assert (info.memory, info.cpus) == (gateway.memory, gateway.cpus)
     assert [info[f"boot{i}"] for i in range(1, 5)] == ["disk", "dvd", "none", "none"]
     assert info.nics() == [
-        Nic(1, "natnetwork", plan.network("nat").libvirt_name, "virtio", gateway.nics[0].mac),
-        Nic(2, "intnet", plan.network("internal").libvirt_name, "virtio", gateway.nics[1].mac),
+        Nic(1, "natnetwork", plan.network("nat").name, "virtio", gateway.nics[0].mac),
+        Nic(2, "intnet", plan.network("internal").name, "virtio", gateway.nics[1].mac),
     ]
     assert info.uart() == ("0x03f8,4", f"file,{folder / 'gateway.log'}")
     assert info.controllers() == {"virtio": "VirtioSCSI"}
@@ -134,9 +131,7 @@ def test_qcow2_to_vdi_with_a_differencing_disk_attached(manage, folder, vbox):
     manage.create_vm("lt-disk", folder / "vms", uuid=None)
     manage.storage_ctl("lt-disk", "virtio", bus="virtio-scsi", controller="VirtIO")
     manage.storage_attach("lt-disk", "virtio", 0, 0, kind="hdd", medium=str(child))
-    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vdi", str(source), str(base)],
-                             capture_output=True, text=True, timeout=60)
-    assert compare.returncode == 0, compare.stdout + compare.stderr  # the data came across (the tail is zeros)
+    assert not same_data(source, "qcow2", base, "vdi")  # the data came across (the tail is zeros)
     hdds = {record["UUID"]: record for record in manage.list_hdds()}
     assert (hdds[base_uuid]["Type"], hdds[base_uuid]["Capacity"]) == ("normal (base)", "128 MBytes")
     assert (hdds[child_uuid]["Parent UUID"], hdds[child_uuid]["Type"]) == (base_uuid, "normal (differencing)")
