@@ -149,7 +149,7 @@ class Results:
 
     def start(self, argv: Sequence[str]) -> None:
         self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "started_at": time.time(),
-                     "command": " ".join(argv), "machine": machine(), "load_start": os.getloadavg(),
+                     "command": " ".join(["pytest", *argv[1:]]), "machine": machine(), "load_start": os.getloadavg(),
                      "figures": {}}
         self.save()
 
@@ -191,3 +191,18 @@ def machine() -> dict[str, Any]:
     return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory / 2**20, 1), "os": os_name,
             "kernel": platform.release(), "python": platform.python_version(),
             "accelerator": choose_accel("auto", read_host_facts()).reason}
+
+
+def allocated(path: Path) -> int:
+    """Bytes a file takes on disk (its blocks, not its apparent size)."""
+    return path.stat().st_blocks * 512
+
+
+def node_disks(pool: Path, lab: str) -> dict[str, dict[str, int]]:
+    """Per node: the bytes its overlay and its seed ISO take in the pool, right after `up`."""
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted(pool.glob(f"{lab}-*")):
+        node = path.name.removeprefix(f"{lab}-").split("-")[0]
+        kind = "seed" if path.name.endswith("-seed.iso") else "overlay"
+        found.setdefault(node, {})[kind] = allocated(path)
+    return found
