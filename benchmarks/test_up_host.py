@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.measure import Results, Sample, environ, run_child
+from benchmarks.measure import Results, Sample, allocated, environ, node_disks, run_child
 from labctl.backends import open_backend
 from labctl.lab.config import load_lab
 from labctl.lab.plan import plan_lab
@@ -191,18 +191,3 @@ def test_disk_per_node_and_peak_rss(daemon, work, results: Results):
     results.record("disk/7", per_node=disks, full_copy_bytes=full, full_copy_of=image.path.name,
                    overlay=Sample(tuple(d["overlay"] for d in disks.values())),
                    seed=Sample(tuple(d["seed"] for d in disks.values())))
-
-
-def allocated(path: Path) -> int:
-    """Bytes a file takes on disk (its blocks, not its apparent size)."""
-    return path.stat().st_blocks * 512
-
-
-def node_disks(pool: Path, lab: str) -> dict[str, dict[str, int]]:
-    """Per node: the bytes its overlay and its seed ISO take in the pool, right after `up`."""
-    found: dict[str, dict[str, int]] = {}
-    for path in sorted(pool.glob(f"{lab}-*")):
-        node = path.name.removeprefix(f"{lab}-").split("-")[0]
-        kind = "seed" if path.name.endswith("-seed.iso") else "overlay"
-        found.setdefault(node, {})[kind] = allocated(path)
-    return found
