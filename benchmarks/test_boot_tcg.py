@@ -6,7 +6,8 @@ The lab is labctl's smallest: gateway, lb1 and master1 (labctl refuses fewer: a 
 one or two load balancers and an odd number of masters), 1 vCPU and 512 MiB each; kcli makes three
 VMs of the same size from the same image. Three guests under TCG already keep both cores busy.
 Reachable means `ssh -o BatchMode=yes … true` succeeds, run inside the daemon's network namespace,
-for every node; each node is tried every 2 s from the moment the command starts. Runs alternate
+for every node; each node is tried every 2 s from the moment the command starts (ConnectTimeout 30 s:
+a busy TCG guest's sshd can take longer than a few seconds to send its banner). Runs alternate
 between the two (labctl, kcli, kcli, labctl, …) and each starts from no lab; the image is cached
 and in the pools beforehand (untimed).
 """
