@@ -87,15 +87,17 @@ class Kcli:
             conn.close()
 
     def addresses(self) -> dict[str, str]:
-        """Node -> the IPv4 address its DHCP lease gave it (so far)."""
+        """Node -> the IPv4 address its DHCP lease gave it (so far; none before kcli defined it)."""
         conn = libvirt.open(self.daemon.uri)
         try:
             leases = conn.networkLookupByName(NETWORK).DHCPLeases()
             macs = {}
-            for name in self.nodes:
-                mac = ET.fromstring(conn.lookupByName(name).XMLDesc(0)).find("devices/interface/mac")
-                if mac is not None:
-                    macs[mac.get("address")] = name
+            for domain in conn.listAllDomains(0):
+                mac = ET.fromstring(domain.XMLDesc(0)).find("devices/interface/mac")
+                if domain.name() in self.nodes and mac is not None:
+                    macs[mac.get("address")] = domain.name()
+        except libvirt.libvirtError:  # a domain defined or redefined while we looked: next time
+            return {}
         finally:
             conn.close()
         return {macs[lease["mac"]]: lease["ipaddr"] for lease in leases if lease.get("mac") in macs}

@@ -132,32 +132,38 @@ def run_kcli(kcli: Kcli, netns: str) -> dict:
 
 def test_labctl_vs_kcli_to_ssh(setting, daemon, results: Results):
     work, lab, kcli, image = setting
-    labctl_runs, kcli_runs, extra = [], [], {}
+    runs: dict[str, list[dict]] = {"labctl": [], "kcli": []}
+    extra: dict = {}
     for index in range(RUNS):
-        order = ("labctl", "kcli") if index % 2 == 0 else ("kcli", "labctl")
-        for who in order:
+        for who in ("labctl", "kcli") if index % 2 == 0 else ("kcli", "labctl"):
             if who == "labctl":
                 try:
-                    labctl_runs.append(run_labctl(lab, work, index))
+                    runs[who].append(run_labctl(lab, work, index))
                     if index == 0:
                         extra = after_ready(lab, work, daemon)
                 finally:
                     lab.labctl("destroy", "--yes", timeout=300)
             else:
                 try:
-                    kcli_runs.append(run_kcli(kcli, daemon.netns))
+                    runs[who].append(run_kcli(kcli, daemon.netns))
                 finally:
                     kcli.delete()
-            print(f"[bench boot] run {index} {who}: {(labctl_runs if who == 'labctl' else kcli_runs)[-1]}", flush=True)
-    labctl_reach = Sample(tuple(run["all_reachable"] for run in labctl_runs))
-    kcli_reach = Sample(tuple(run["all_reachable"] for run in kcli_runs))
+            print(f"[bench boot] run {index} {who}: {runs[who][-1]}", flush=True)
+            record(results, lab, kcli, image, runs, extra)  # after every run: a cut-short run keeps them
+
+
+def record(results: Results, lab: Lab, kcli: Kcli, image, runs: dict[str, list[dict]], extra: dict) -> None:
+    if not runs["labctl"] or not runs["kcli"]:
+        return
+    labctl_reach = Sample(tuple(run["all_reachable"] for run in runs["labctl"]))
+    kcli_reach = Sample(tuple(run["all_reachable"] for run in runs["kcli"]))
     results.record("boot", nodes=lab.plan.node_names, cpus=CPUS, memory=MEMORY, image=image.path.name,
                    image_bytes=image.path.stat().st_size, kcli_version=kcli.version(),
                    labctl_reach=labctl_reach, kcli_reach=kcli_reach,
-                   labctl_ready=Sample(tuple(run["ready"] for run in labctl_runs)),
-                   kcli_command=Sample(tuple(run["command"] for run in kcli_runs)),
-                   ratio=labctl_reach.median / kcli_reach.median, labctl_runs=labctl_runs, kcli_runs=kcli_runs,
-                   **extra)
+                   labctl_ready=Sample(tuple(run["ready"] for run in runs["labctl"])),
+                   kcli_command=Sample(tuple(run["command"] for run in runs["kcli"])),
+                   ratio=labctl_reach.median / kcli_reach.median, labctl_runs=runs["labctl"],
+                   kcli_runs=runs["kcli"], **extra)
 
 
 def after_ready(lab: Lab, work: Path, daemon) -> dict:
