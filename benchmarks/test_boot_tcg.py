@@ -8,7 +8,7 @@ VMs of the same size from the same image. Three guests under TCG already keep bo
 Reachable means `ssh -o BatchMode=yes … true` succeeds, run inside the daemon's network namespace,
 for every node; each node is tried every 2 s from the moment the command starts (ConnectTimeout 30 s:
 a busy TCG guest's sshd can take longer than a few seconds to send its banner). Runs alternate
-between the two (labctl, kcli, kcli, labctl, …) and each starts from no lab; the image is cached
+between the two (kcli, labctl, labctl, kcli, …) and each starts from no lab; the image is cached
 and in the pools beforehand (untimed).
 """
 
@@ -135,7 +135,7 @@ def test_labctl_vs_kcli_to_ssh(setting, daemon, results: Results):
     runs: dict[str, list[dict]] = {"labctl": [], "kcli": []}
     extra: dict = {}
     for index in range(RUNS):
-        for who in ("labctl", "kcli") if index % 2 == 0 else ("kcli", "labctl"):
+        for who in ("kcli", "labctl") if index % 2 == 0 else ("labctl", "kcli"):
             if who == "labctl":
                 try:
                     runs[who].append(run_labctl(lab, work, index))
