@@ -9,12 +9,14 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,40 +106,43 @@ def environ(values: Mapping[str, str]) -> Iterator[None]:
 class ChildRun:
     returncode: int
     seconds: float
-    max_rss_kib: int
     stdout: str
     stderr: str
 
 
 def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 600) -> ChildRun:
-    """Run ``argv`` to its end; its wall time and its peak RSS (``wait4``: the child's own rusage, the
-    largest of it and the children it waited for), not the benchmark process's."""
-    out_path, err_path = (RESULTS.parent / f".child.{os.getpid()}.{name}" for name in ("out", "err"))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    """Run ``argv`` to its end (killed at ``timeout``): its exit status, wall time and output."""
     began = time.perf_counter()
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen(list(argv), env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
-    status, usage = _wait(proc, began + timeout)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - began
-    stdout, stderr = (path.read_text(errors="replace") for path in (out_path, err_path))
-    out_path.unlink()
-    err_path.unlink()
-    return ChildRun(proc.returncode, seconds, usage.ru_maxrss, stdout, stderr)
+    done = subprocess.run(list(argv), env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+    return ChildRun(done.returncode, time.perf_counter() - began, done.stdout, done.stderr)
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, Any]:
-    """The child's wait status and rusage; killed at ``deadline``."""
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            return status, usage
-        if time.perf_counter() > deadline:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            return status, usage
-        time.sleep(0.005)
+# `python -m labctl ARGS…` that writes, as it exits, its own peak RSS to stderr: VmHWM, the high-water
+# mark of the address space exec made. (wait4's ru_maxrss would not do: Linux carries the forking
+# parent's high-water mark across exec into it, so it reports the benchmark process's size.)
+_PEAK_RSS_WRAPPER = r"""
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    sys.stderr.write(f"\nPEAK_RSS_KIB {peak}\n")
+atexit.register(report)
+sys.argv[0] = "labctl"
+runpy.run_module("labctl", run_name="__main__", alter_sys=True)
+"""
+
+
+def labctl_reporting_peak_rss(*args: str) -> list[str]:
+    return [sys.executable, "-c", _PEAK_RSS_WRAPPER, *args]
+
+
+def peak_rss_kib(stderr: str) -> int:
+    """The peak RSS a :func:`labctl_reporting_peak_rss` run wrote (KiB)."""
+    found = re.search(r"^PEAK_RSS_KIB (\d+)$", stderr, re.M)
+    if found is None:
+        raise ValueError(f"no peak RSS in the output: {stderr[-500:]}")
+    return int(found[1])
 
 
 @dataclass
@@ -146,21 +151,34 @@ class Results:
 
     path: Path = RESULTS
     data: dict[str, Any] = field(default_factory=dict)
+    amendment: dict[str, Any] | None = None
+    began: float = 0.0
 
     def start(self, argv: Sequence[str]) -> None:
-        self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "started_at": time.time(),
-                     "command": " ".join(["pytest", *argv[1:]]), "machine": machine(), "load_start": os.getloadavg(),
-                     "figures": {}}
+        """A new results file; with ``BENCH_APPEND=1`` the last run's, its figures kept and the ones
+        measured again replaced (the report says which, and when)."""
+        command = " ".join(["pytest", *argv[1:]])
+        if os.environ.get("BENCH_APPEND") and self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            self.amendment = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
+                              "load_start": os.getloadavg(), "figures": []}
+            self.data.setdefault("amended", []).append(self.amendment)
+        else:
+            self.data = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
+                         "machine": machine(), "load_start": os.getloadavg(), "figures": {}}
+        self.began = time.time()
         self.save()
 
     def record(self, name: str, **figure: Any) -> None:
         self.data.setdefault("figures", {})[name] = _plain(figure)
+        if self.amendment is not None:
+            self.amendment["figures"].append(name)
         print(f"BENCH {name}: {json.dumps(self.data['figures'][name])[:400]}", flush=True)
         self.save()
 
     def finish(self) -> None:
-        self.data["load_end"] = os.getloadavg()
-        self.data["total_seconds"] = round(time.time() - self.data.get("started_at", time.time()), 1)
+        done = {"load_end": os.getloadavg(), "total_seconds": round(time.time() - self.began, 1)}
+        (self.amendment if self.amendment is not None else self.data).update(done)
         self.save()
 
     def save(self) -> None:
@@ -171,8 +189,6 @@ class Results:
 def _plain(value: Any) -> Any:
     if isinstance(value, Sample | Timing):
         return value.as_dict()
-    if isinstance(value, ChildRun):
-        return {key: val for key, val in asdict(value).items() if key not in ("stdout", "stderr")}
     if isinstance(value, Mapping):
         return {str(key): _plain(val) for key, val in value.items()}
     if isinstance(value, list | tuple):
