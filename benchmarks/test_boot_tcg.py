@@ -14,7 +14,9 @@ and in the pools beforehand (untimed).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +31,7 @@ from benchmarks.kcli import KCLI, Kcli
 from benchmarks.kcli import USER as KCLI_USER
 from benchmarks.measure import Results, Sample, environ, node_disks
 from labctl.backends import open_backend
+from labctl.image.build import BuiltImage
 from labctl.lab.state import LabState
 from labctl.ops.imagesupply import image_for_lab
 from tests.e2e.image import e2e_image
@@ -76,7 +79,7 @@ def setting(daemon, tmp_path_factory):
     if not KCLI.exists():
         pytest.fail(f"kcli is not installed at {KCLI}: run `make bench-deps`")
     work = tmp_path_factory.mktemp("boot")
-    image, _ = e2e_image(log=lambda line: print(f"[bench image] {line}", flush=True))
+    image = own_copy(e2e_image(log=lambda line: print(f"[bench image] {line}", flush=True))[0], work / "image")
     entry = {"path": str(image.path), "sha512": image.sha512, "kernel": str(image.kernel),
              "initrd": str(image.initrd), "cmdline": image.cmdline}
     lab = lab_for(daemon, work, NAME, lab_text(NAME, entry, masters=1, workers=0))
@@ -91,6 +94,16 @@ def setting(daemon, tmp_path_factory):
         yield work, lab, kcli, image
     finally:
         server.stop()
+
+
+def own_copy(image: BuiltImage, directory: Path) -> BuiltImage:
+    """The image's files copied out of the machine's e2e cache, which another checkout's run may
+    replace with its own build at any time (one cached image per machine)."""
+    directory.mkdir()
+    paths = {key: directory / getattr(image, key).name for key in ("path", "kernel", "initrd")}
+    for key, target in paths.items():
+        shutil.copyfile(getattr(image, key), target)
+    return dataclasses.replace(image, **paths)
 
 
 def run_labctl(lab: Lab, work: Path, index: int) -> dict:
