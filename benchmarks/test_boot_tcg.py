@@ -181,5 +181,6 @@ def record(results: Results, lab: Lab, kcli: Kcli, image, runs: dict[str, list[d
 
 def after_ready(lab: Lab, work: Path, daemon) -> dict:
     """On the ready lab: where master1's boot went, and each node's disk after its first boot."""
-    return {"boot_profile_master1": boot_profile(lab, "master1", work),
+    # A long timeout: on a loaded host a TCG guest takes minutes over `cloud-init analyze`.
+    return {"boot_profile_master1": boot_profile(lab, "master1", work, timeout=900),
             "disk_after_ready": node_disks(daemon.base_dir / "pool", lab.name)}
