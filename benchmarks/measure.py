@@ -23,7 +23,7 @@ from typing import Any
 from labctl.lab.accel import choose_accel, read_host_facts
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "build" / "bench" / "results.json"
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or REPO / "build" / "bench" / "results.json")
 
 
 @dataclass(frozen=True)

@@ -228,8 +228,9 @@ def render(data: dict[str, Any]) -> str:
         f"{_load(data.get('load_end'))}: the machine is shared with other work, so wall times carry its load; "
         "CPU times (ours plus our children's) do not",
         f"- command: `{data.get('command', '?')}`",
-        *(f"- measured again on {again['started']} (`{again['command']}`, load at the start "
-          f"{_load(again.get('load_start'))}): {', '.join(again['figures'])}" for again in data.get("amended", [])),
+        *(f"- measured again on {again['started']} (`{again['command']}`, {_minutes(again.get('total_seconds'))}, "
+          f"load {_load(again.get('load_start'))} at the start, {_load(again.get('load_end'))} at the end): "
+          f"{', '.join(again['figures'])}" for again in data.get("amended", [])),
         "",
         "## Summary",
         "",
@@ -337,7 +338,9 @@ def commands(figures: dict[str, Any]) -> list[str]:
             "Run it: `sudo make bench` (root: it starts its own libvirtd in a network namespace of its own, "
             "and ends it, its guests and the namespace at the end). `make bench-deps` installs genisoimage "
             "and xorriso (apt) and kcli (PyPI, in `build/kcli-venv`); `BENCH_BOOT_RUNS`, `BENCH_UP_RUNS` "
-            "set the runs of items 4 and 2 (default 3).", "",
+            "set the runs of items 4 and 2 (default 3); `BENCH_APPEND=1` measures the selected benchmarks again "
+            "into the last run's results (the figures it replaces are listed above, with the time), "
+            "`BENCH_RESULTS` writes the results elsewhere.", "",
             "1. `benchmarks/test_seed_iso.py`: `build_seed_iso(files)` against, on the same files written once "
             f"to a directory, `{seed.get('genisoimage', 'genisoimage …')}` and `{seed.get('xorriso', 'xorriso …')}`; "
             "40 rounds, interleaved, after one warm-up each. Import cost: `import pycdlib` timed inside 10 "
