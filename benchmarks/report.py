@@ -113,10 +113,28 @@ def boot_rows(figures: dict[str, Any]) -> list[Row]:
     fig = figures.get("boot")
     if not fig:
         return []
-    ours, theirs = fig["labctl_reach"], fig["kcli_reach"]
-    return [Row(f"4. command → all {len(fig['nodes'])} nodes reachable over ssh (TCG)", secs(ours, 0),
-                f"kcli {secs(theirs, 0)}", f"{fig['ratio']:.2f}×", "≤ 0.8× kcli", fig["ratio"] <= 0.8),
-            Row("4. `labctl up` → every node ready (same lab)", secs(fig["labctl_ready"], 0), "", "", "", None)]
+    ours, theirs = (finite([run["all_reachable"] for run in fig[key]]) for key in ("labctl_runs", "kcli_runs"))
+    ready = finite([run["ready"] for run in fig["labctl_runs"]])
+    if not ours or not theirs:
+        return [Row("4. command → all nodes reachable over ssh (TCG)", "no comparable runs", "", "", "≤ 0.8× kcli",
+                    False)]
+    ratio = _median(ours) / _median(theirs)
+    return [Row(f"4. command → all {len(fig['nodes'])} nodes reachable over ssh (TCG)", spread(ours),
+                f"kcli {spread(theirs)}", f"{ratio:.2f}×", "≤ 0.8× kcli", ratio <= 0.8),
+            Row("4. `labctl up` → every node ready (same lab)", spread(ready), "", "", "", None)]
+
+
+def finite(values: list[float]) -> list[float]:
+    return [value for value in values if not math.isnan(value)]
+
+
+def spread(values: list[float]) -> str:
+    """Seconds: median (min–max, runs), of the runs that finished."""
+    return f"{_median(values):.0f} s ({min(values):.0f}–{max(values):.0f}; {len(values)} run{'s' * (len(values) > 1)})"
+
+
+def seconds_or_none(value: float, limit: float) -> str:
+    return f"no answer within {limit:.0f} s" if math.isnan(value) else f"{value:.0f} s"
 
 
 def rss_rows(figures: dict[str, Any]) -> list[Row]:
@@ -299,7 +317,7 @@ def boot_details(figures: dict[str, Any]) -> list[str]:
     out = ["## 4. Booting the same small lab under TCG: labctl and kcli", "",
            f"Nodes: {', '.join(fig['nodes'])}, {fig['cpus']} vCPU and {fig['memory']} MiB each, image "
            f"{fig['image']} ({fig['image_bytes'] / MIB:.0f} MiB), kcli {fig['kcli_version']}; "
-           f"{fig['labctl_reach']['runs']} runs each, interleaved (kcli first in odd rounds). The lab is labctl's "
+           f"{len(fig['labctl_runs'])} run(s) each, interleaved (kcli first in the first round). The lab is labctl's "
            "smallest (one gateway, one load balancer, an odd number of masters: fewer nodes are refused), and "
            "three TCG guests already keep both cores busy. Both start from no lab, the image cached and in "
            "the pools. kcli's kvm provider has no direct kernel boot and the image has no bootloader, so its "
@@ -310,15 +328,17 @@ def boot_details(figures: dict[str, Any]) -> list[str]:
            "`debian` with kcli's).", "",
            "| run | labctl: all reachable | labctl: ready | kcli: all reachable | kcli: its command returned |",
            "| --- | --- | --- | --- | --- |"]
+    limit = fig.get("reach_timeout", 1200)
     for index, (ours, theirs) in enumerate(zip(fig["labctl_runs"], fig["kcli_runs"], strict=False)):
-        out.append(f"| {index + 1} | {ours['all_reachable']:.0f} s | {ours['ready']:.0f} s | "
-                   f"{theirs['all_reachable']:.0f} s | {theirs['command']:.1f} s |")
+        out.append(f"| {index + 1}{' (' + ours['note'] + ')' if ours.get('note') else ''} | "
+                   f"{seconds_or_none(ours['all_reachable'], limit)} | {seconds_or_none(ours['ready'], limit)} | "
+                   f"{seconds_or_none(theirs['all_reachable'], limit)} | {theirs['command']:.1f} s |")
     out.append("")
     out.append("Per node, seconds to first ssh answer (median over runs):")
     out.append("")
     for who, key in (("labctl", "labctl_runs"), ("kcli", "kcli_runs")):
         nodes = fig[key][0]["reach"] if fig[key] else {}
-        cells = [f"{node} {_median([run['reach'][node] for run in fig[key]]):.0f} s" for node in nodes]
+        cells = [f"{node} {_median(finite([run['reach'][node] for run in fig[key]])):.0f} s" for node in nodes]
         out.append(f"- {who}: " + ", ".join(cells))
     out.append("")
     if fig.get("boot_profile_master1"):

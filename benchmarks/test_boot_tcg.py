@@ -176,7 +176,7 @@ def record(results: Results, lab: Lab, kcli: Kcli, image, runs: dict[str, list[d
                    labctl_ready=Sample(tuple(run["ready"] for run in runs["labctl"])),
                    kcli_command=Sample(tuple(run["command"] for run in runs["kcli"])),
                    ratio=labctl_reach.median / kcli_reach.median, labctl_runs=runs["labctl"],
-                   kcli_runs=runs["kcli"], **extra)
+                   kcli_runs=runs["kcli"], reach_timeout=REACH_TIMEOUT, **extra)
 
 
 def after_ready(lab: Lab, work: Path, daemon) -> dict:
