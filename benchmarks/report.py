@@ -326,13 +326,14 @@ def boot_details(figures: dict[str, Any]) -> list[str]:
            "inside kcli's timed command (`benchmarks/kcli.py`). Reachable: `ssh -o BatchMode=yes … true` "
            "answers, from inside the namespace, polled every 2 s per node (user `lab` with the lab's key; "
            "`debian` with kcli's).", "",
-           "| run | labctl: all reachable | labctl: ready | kcli: all reachable | kcli: its command returned |",
-           "| --- | --- | --- | --- | --- |"]
+           "| run | labctl: all reachable | labctl: ready | kcli: all reachable | kcli: its command returned "
+           "| load at the start (labctl, kcli) |", "| --- | --- | --- | --- | --- | --- |"]
     limit = fig.get("reach_timeout", 1200)
     for index, (ours, theirs) in enumerate(zip(fig["labctl_runs"], fig["kcli_runs"], strict=False)):
         out.append(f"| {index + 1}{' (' + ours['note'] + ')' if ours.get('note') else ''} | "
                    f"{seconds_or_none(ours['all_reachable'], limit)} | {seconds_or_none(ours['ready'], limit)} | "
-                   f"{seconds_or_none(theirs['all_reachable'], limit)} | {theirs['command']:.1f} s |")
+                   f"{seconds_or_none(theirs['all_reachable'], limit)} | {theirs['command']:.1f} s | "
+                   f"{ours.get('load', '?')}, {theirs.get('load', '?')} |")
     out.append("")
     out.append("Per node, seconds to first ssh answer (median over runs):")
     out.append("")

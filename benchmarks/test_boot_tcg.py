@@ -112,6 +112,7 @@ def run_labctl(lab: Lab, work: Path, index: int) -> dict:
     key = LabState.for_lab(lab.name, lab.data_home / "labctl").ssh_key_path
     addresses = {node.name: str(node.internal.address.ip) for node in lab.plan.nodes}
     stop = threading.Event()
+    load = os.getloadavg()[0]  # the machine's 1-minute load as the run starts (it is shared)
     began = time.perf_counter()
     reach: dict[str, float] = {}
     poller = threading.Thread(target=lambda: reach.update(
@@ -123,12 +124,13 @@ def run_labctl(lab: Lab, work: Path, index: int) -> dict:
     poller.join(timeout=REACH_TIMEOUT + 60)
     stop.set()
     assert code == 0, "labctl up failed:\n" + "\n".join(line for _, line in lines[-30:])
-    return {"reach": reach, "all_reachable": max(reach.values()), "ready": ready}
+    return {"reach": reach, "all_reachable": max(reach.values()), "ready": ready, "load": load}
 
 
 def run_kcli(kcli: Kcli, netns: str) -> dict:
     nodes = kcli.nodes
     stop = threading.Event()
+    load = os.getloadavg()[0]  # the machine's 1-minute load as the run starts (it is shared)
     began = time.perf_counter()
     reach: dict[str, float] = {}
     poller = threading.Thread(target=lambda: reach.update(
@@ -140,7 +142,7 @@ def run_kcli(kcli: Kcli, netns: str) -> dict:
     finally:
         poller.join(timeout=REACH_TIMEOUT + 60)
         stop.set()
-    return {"reach": reach, "all_reachable": max(reach.values()), "command": created}
+    return {"reach": reach, "all_reachable": max(reach.values()), "command": created, "load": load}
 
 
 def test_labctl_vs_kcli_to_ssh(setting, daemon, results: Results):
