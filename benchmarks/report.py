@@ -333,7 +333,8 @@ def boot_details(figures: dict[str, Any]) -> list[str]:
         out.append(f"| {index + 1}{' (' + ours['note'] + ')' if ours.get('note') else ''} | "
                    f"{seconds_or_none(ours['all_reachable'], limit)} | {seconds_or_none(ours['ready'], limit)} | "
                    f"{seconds_or_none(theirs['all_reachable'], limit)} | {theirs['command']:.1f} s | "
-                   f"{ours.get('load', '?')}, {theirs.get('load', '?')} |")
+                   f"{_load([ours['load']]) if 'load' in ours else '?'}, "
+                   f"{_load([theirs['load']]) if 'load' in theirs else '?'} |")
     out.append("")
     out.append("Per node, seconds to first ssh answer (median over runs):")
     out.append("")
