@@ -237,7 +237,8 @@ def render(data: dict[str, Any]) -> str:
         "the same run, the contenders interleaved round by round; absolute times are context only.",
         "",
         f"- date: {data.get('started', '?')}; `make bench` took {_minutes(data.get('total_seconds'))} "
-        "(the pytest run; `make bench-deps` before it installs genisoimage, xorriso and kcli once)",
+        "(the pytest run; `make bench-deps` before it installs genisoimage, xorriso and kcli once)"
+        + (f": {data['runtime_note']}" if data.get("runtime_note") else ""),
         f"- machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
         f"{machine.get('memory_gib', '?')} GiB, {machine.get('os', '?')}, kernel {machine.get('kernel', '?')}, "
         f"Python {machine.get('python', '?')}",
@@ -246,8 +247,7 @@ def render(data: dict[str, Any]) -> str:
         f"{_load(data.get('load_end'))}: the machine is shared with other work, so wall times carry its load; "
         "CPU times (ours plus our children's) do not",
         f"- command: `{data.get('command', '?')}`",
-        *(f"- measured again on {again['started']} (`{again['command']}`, {_minutes(again.get('total_seconds'))}, "
-          f"load {_load(again.get('load_start'))} at the start, {_load(again.get('load_end'))} at the end): "
+        *(f"- measured again on {again['started']} (`{again['command']}`{_when(again)}): "
           f"{', '.join(again['figures'])}" for again in data.get("amended", [])),
         "",
         "## Summary",
@@ -340,11 +340,13 @@ def boot_details(figures: dict[str, Any]) -> list[str]:
     out.append("")
     for who, key in (("labctl", "labctl_runs"), ("kcli", "kcli_runs")):
         nodes = fig[key][0]["reach"] if fig[key] else {}
-        cells = [f"{node} {_median(finite([run['reach'][node] for run in fig[key]])):.0f} s" for node in nodes]
+        cells = [f"{node} {_median(finite([run['reach'].get(node, math.nan) for run in fig[key]])):.0f} s"
+                 for node in nodes]
         out.append(f"- {who}: " + ", ".join(cells))
     out.append("")
     if fig.get("boot_profile_master1"):
-        out += ["Where master1's first boot went (labctl's lab, first run; `systemd-analyze`, "
+        out += ["Where master1's first boot went (labctl's lab, "
+                f"{fig.get('boot_profile_note', 'first run')}; `systemd-analyze`, "
                 "`systemd-analyze blame`, `cloud-init analyze show` and `blame`):", "",
                 fence(fig["boot_profile_master1"]), ""]
     if fig.get("disk_after_ready"):
@@ -376,7 +378,8 @@ def commands(figures: dict[str, Any]) -> list[str]:
             "4. `benchmarks/test_boot_tcg.py`: `labctl up` against `kcli create plan` (plus the direct-boot "
             "settings kcli lacks, timed with it: see `benchmarks/kcli.py`), ssh polled every 2 s from inside "
             "the namespace.",
-            "5. `labctl up --no-wait` as a child process; its peak RSS from `wait4`'s rusage.",
+            "5. `labctl up --no-wait` as a child process; its peak RSS is its own VmHWM as it exits (`wait4`'s "
+            "`ru_maxrss` would report the forking benchmark process's size, which Linux carries across exec).",
             f"6. `benchmarks/test_download.py`: `fetch()` against `{download}`, the server "
             "(tests/httpserver.py) in a process of its own on 127.0.0.1; 5 rounds, interleaved.", ""]
 
@@ -393,6 +396,14 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds else "?"
 
 
+def _when(again: dict[str, Any]) -> str:
+    """How long a later measurement took and the load around it, as far as known."""
+    parts = [_minutes(again["total_seconds"])] if again.get("total_seconds") else []
+    if again.get("load_start"):
+        parts.append(f"load {_load(again['load_start'])} at the start, {_load(again.get('load_end'))} at the end")
+    return "".join(f", {part}" for part in parts)
+
+
 def _load(values: list[float] | None) -> str:
     return ", ".join(f"{v:.1f}" for v in values) if values else "?"
 
@@ -406,7 +417,7 @@ def summary(data: dict[str, Any]) -> str:
     lines = ["| item | labctl | compared with | target | met? |", "| --- | --- | --- | --- | --- |"]
     for row in keep:
         cells = row.cells()
-        lines.append(f"| {cells[0]} | {cells[1]} | {' '.join(c for c in (cells[2], cells[3]) if c)} | "
+        lines.append(f"| {cells[0]} | {cells[1]} | {' — '.join(c for c in (cells[2], cells[3]) if c)} | "
                      f"{cells[4] or '—'} | {cells[5]} |")
     return "\n".join(lines)
 
