@@ -115,13 +115,13 @@ def keep_consoles_and_remove(base: Path, work: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def boot_profile(lab: Lab, node: str, work: Path) -> list[str]:
+def boot_profile(lab: Lab, node: str, work: Path, timeout: float = 240) -> list[str]:
     """Where a node's boot went (systemd and cloud-init's own accounts): printed and kept, never fatal."""
     script = ("systemd-analyze; systemd-analyze blame --no-pager | head -n 8; "
               "sudo cloud-init analyze show | grep -E 'Finished stage|Total Time'; "
               "sudo cloud-init analyze blame | sed -n 2,9p")
     try:
-        done = lab.ssh(node, "sh", "-c", script, timeout=240)
+        done = lab.ssh(node, "sh", "-c", script, timeout=timeout)
     except subprocess.TimeoutExpired:
         return ["(timed out)"]
     lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
