@@ -30,5 +30,10 @@ def open_backend(name: str, target: str | None = None) -> Backend:
     return backend_class(name).open(target)
 
 
+def unconnected_backend(name: str, target: str | None = None) -> Backend:
+    """Backend ``name`` without a connection: enough to render its definitions (see Backend.unconnected)."""
+    return backend_class(name).unconnected(target)
+
+
 def reach(name: str, target: str | None = None) -> Reach:
     return backend_class(name).reach(target)

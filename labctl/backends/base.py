@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
+from labctl.errors import BackendError
 from labctl.lab.accel import Accel, HostFacts
 from labctl.lab.identity import Tag
 from labctl.lab.plan import NetworkPlan, NodePlan, Plan
@@ -129,6 +130,15 @@ class Backend(ABC):
     def open(cls, target: str | None = None) -> Backend:
         """Connect to the hypervisor (``target``: its address, e.g. a libvirt URI; None: the default).
         Raises :class:`~labctl.errors.BackendError` with a fix when it cannot."""
+
+    @classmethod
+    def unconnected(cls, target: str | None = None) -> Backend:
+        """A backend not connected to its hypervisor, for `labctl render` on a host where the hypervisor
+        is not running: :meth:`accel_facts` and :meth:`definitions` answer with what a fresh host would
+        get. A backend that cannot say that without its hypervisor raises
+        :class:`~labctl.errors.BackendError` (the default)."""
+        raise BackendError(f"the {cls.name} backend needs its hypervisor to render its definitions",
+                           "start it, or run `labctl doctor` to see what is missing")
 
     @classmethod
     @abstractmethod

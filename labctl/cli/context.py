@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from labctl.backends import open_backend, reach
+from labctl.backends import open_backend, reach, unconnected_backend
 from labctl.backends.base import Backend, Reach
 from labctl.cli.output import TerminalEvents
+from labctl.errors import BackendError
 from labctl.lab.config import load_lab
 from labctl.lab.model import Lab
 from labctl.lab.plan import Plan, plan_lab
@@ -42,6 +43,16 @@ class Context:
     def backend(self, lab: Lab) -> Backend:
         """The lab's backend, connected; closed when the command ends."""
         return click.get_current_context().with_resource(open_backend(lab.backend, self.target))
+
+    def backend_for_render(self, lab: Lab) -> Backend:
+        """The lab's backend, connected if its hypervisor answers; else one that can only render
+        (said on stderr), so `labctl render` works on a host without the hypervisor running."""
+        try:
+            return self.backend(lab)
+        except BackendError as err:
+            backend = unconnected_backend(lab.backend, self.target)
+            self.report(f"{err.message}: rendering with the defaults of a fresh host")
+            return backend
 
     def reach(self, lab: Lab) -> Reach:
         """How this host reaches the lab's nodes (no connection to the hypervisor needed)."""

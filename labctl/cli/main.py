@@ -77,7 +77,7 @@ def render(ctx: Context, directory: Path) -> None:
     from labctl.ops.render import render as write_render
 
     the_plan = ctx.plan()
-    backend = ctx.backend(the_plan.lab)
+    backend = ctx.backend_for_render(the_plan.lab)
     image, cached = image_as_known(the_plan.lab)
     accel = choose_lab_accel(the_plan, backend, ctx.events())
     done = write_render(the_plan, backend, ctx.state(the_plan.lab), accel, image, directory)

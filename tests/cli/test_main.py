@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
@@ -77,6 +78,28 @@ def test_render_writes_every_artifact_and_leaves_the_state_alone(tmp_path, isola
         assert files["user-data"] == (out / node / "user-data").read_bytes()
     assert sorted(p.name for p in (out / "networks").iterdir()) == ["k8s-internal.xml", "k8s-nat.xml"]
     assert stat.S_IMODE((out / "master1" / "user-data").stat().st_mode) == 0o600
+
+
+def test_render_works_where_libvirt_is_not_running(tmp_path, isolated_home):
+    # A fresh host (or CI) without libvirtd: render says so and writes the same files with default paths.
+    out = tmp_path / "out"
+    down = f"qemu:///system?socket={tmp_path / 'no-libvirtd.sock'}"
+    result = CliRunner().invoke(cli, ["--connect", down, "render", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"cannot connect to libvirt at {down}" in result.stderr
+    assert "rendering with the defaults of a fresh host" in result.stderr
+    domain = ET.parse(out / "master1" / "domain.xml").getroot()
+    assert domain.findtext("name") == "k8s-master1"
+    assert [d.get("volume") for d in domain.iter("source") if d.get("pool") == "labctl"] == [
+        "k8s-master1-000000000000.qcow2", "k8s-master1-000000000000-seed.iso"]
+    assert not (isolated_home / "data" / "labctl").exists()
+
+
+def test_render_of_a_remote_libvirt_that_does_not_answer_is_refused(tmp_path, isolated_home):
+    result = run(["--connect", "qemu+tcp://127.0.0.1:9/system", "render", str(tmp_path / "out")])
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("labctl: error: cannot render for qemu+tcp://127.0.0.1:9/system")
+    assert not (tmp_path / "out").exists()
 
 
 def created_lab():

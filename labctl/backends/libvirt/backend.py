@@ -114,8 +114,10 @@ def base_volume_name(image: BaseImage, suffix: str = ".qcow2") -> str:
 class LibvirtBackend(Backend):
     name = "libvirt"
 
-    def __init__(self, conn: libvirt.virConnect, pool_dir: str | None = None, console_dir: str | None = None):
-        self.conn = conn
+    def __init__(self, conn: libvirt.virConnect | None, pool_dir: str | None = None, console_dir: str | None = None,
+                 uri: str | None = None):
+        self._conn = conn
+        self._uri = uri
         self.pool_dir = pool_dir or os.environ.get("LABCTL_POOL_DIR") or DEFAULT_POOL_DIR
         self.console_dir = console_dir or os.environ.get("LABCTL_CONSOLE_DIR") or DEFAULT_CONSOLE_DIR
 
@@ -133,16 +135,30 @@ class LibvirtBackend(Backend):
         return cls(conn)
 
     @classmethod
+    def unconnected(cls, target: str | None = None) -> LibvirtBackend:
+        uri = target or default_uri()
+        if not uri_is_local(uri):
+            raise BackendError(f"cannot render for {uri} without connecting to it", _CONNECT_HINT)
+        return cls(None, uri=uri)
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            raise BackendError(f"not connected to libvirt at {self._uri}", "start libvirt and run the command again")
+        return self._conn
+
+    @classmethod
     def reach(cls, target: str | None) -> Reach:
         uri = target or default_uri()
         return Reach(uri_is_local(uri), hypervisor_hop(uri))
 
     def close(self) -> None:
-        self.conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     @property
     def target(self) -> str:
-        return str(self.conn.getURI())
+        return str(self._conn.getURI()) if self._conn is not None else str(self._uri)
 
     @property
     def is_local(self) -> bool:
@@ -255,6 +271,8 @@ class LibvirtBackend(Backend):
     def _volume_path(self, name: str) -> str:
         """Where a volume of the pool lives (or will): what libvirt reports for it, the same path
         `render` shows before the pool exists."""
+        if self._conn is None:
+            return str(Path(self.pool_dir) / name)
         pool = lookup(self.conn.storagePoolLookupByName, POOL_NAME, "storage pool")
         if pool is not None:
             target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
