@@ -88,7 +88,7 @@ INVALID = [
     ("networks: {internal: {bridge: br0}}", "networks.internal.bridge: only valid with mode: bridge"),
     ("networks: {internal: {mode: nat}}", 'networks.internal.mode: expected one of isolated, bridge, got "nat"'),
     ("networks: {dmz: {}}", "networks.dmz: unknown key; valid keys: nat, internal"),
-    ("kubernetes: {version: 1.31}", 'kubernetes.version: expected a quoted version such as "1.31", got 1.31'),
+    ("kubernetes: {version: 1.31}", 'kubernetes.version: expected a quoted version such as "1.35", got 1.31'),
     ("kubernetes: {version: latest}", "kubernetes.version: expected a Kubernetes version"),
     ("kubernetes: {cni: weave}", 'kubernetes.cni: expected one of flannel, calico, got "weave"'),
     ("kubernetes: {enforce_minimums: yes please}", "kubernetes.enforce_minimums: expected true or false"),
