@@ -194,6 +194,8 @@ def define_lab(backend, plan, running=True):
 
     image = BaseImage(Path("/base.qcow2"), "sha512:ab", "qcow2")
     backend.ensure_base_image(image)
+    state = LabState.for_lab(plan.lab.name)
+    state.save_record({**state.record(), "name": plan.lab.name, "id": "0123456789ab"})
     for node in plan.nodes:
         tag = node_tag(plan.lab.name, "0123456789ab", node.role, node.name)
         backend.ensure_node(NodeRequest(node, tag, b"seed", Accel(TCG, "test"), image))

@@ -1,5 +1,6 @@
 """The click layer: exit codes, stdout for data, stderr for messages, one-line errors."""
 
+import hashlib
 import json
 import os
 import stat
@@ -15,6 +16,7 @@ from labctl.lab.config import load_lab
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
+from tests.guest.manifests import FLANNEL
 
 
 def run(args, **kwargs):
@@ -28,13 +30,13 @@ def test_plan_table_and_json():
     assert result.exit_code == 0, result.output
     assert "master3" in result.output and "k8s-worker2" in result.output
     result = CliRunner().invoke(cli, ["plan", "--output", "json"])
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert [n["name"] for n in data["nodes"]][:2] == ["gateway", "lb1"]
     assert data["api"]["name"] == "api.k8s.internal"
 
 
 def test_name_override_on_the_command_line():
-    data = json.loads(CliRunner().invoke(cli, ["--name", "dev", "plan", "-o", "json"]).output)
+    data = json.loads(CliRunner().invoke(cli, ["--name", "dev", "plan", "-o", "json"]).stdout)
     assert data["lab"] == "dev" and data["nodes"][0]["domain"] == "dev-gateway"
 
 
@@ -65,7 +67,12 @@ def test_usage_errors_exit_2():
 
 def test_render_writes_every_artifact_and_leaves_the_state_alone(tmp_path, isolated_home):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["--connect", "test:///default", "render", str(out)])
+    config = tmp_path / "lab.yaml"
+    manifest = tmp_path / "kube-flannel.yml"
+    manifest.write_text(FLANNEL)
+    digest = hashlib.sha256(FLANNEL.encode()).hexdigest()
+    config.write_text(f"kubernetes: {{cni_manifest: {{path: {manifest}, sha256: {digest}}}}}\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "--connect", "test:///default", "render", str(out)])
     assert result.exit_code == 0, result.output
     assert "does not exist here: its secrets and id in these files are throwaway" in result.stderr
     assert not (isolated_home / "data" / "labctl").exists()
