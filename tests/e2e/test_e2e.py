@@ -499,7 +499,7 @@ def test_12_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -
     left = sorted(p.name for p in lab.state_dir.iterdir()) if lab.state_dir.exists() else []
     assert left in ([], ["lock"]), f"destroy left {left} in the lab's state dir"
 
-    small = lab_for(e2e.daemon, e2e.work, LAB, lab_text(LAB, e2e.image_entry, masters=1, workers=0))
+    small = lab_for(e2e.daemon, e2e.work, LAB, lab_text(LAB, e2e.image_entry, masters=1, workers=0, cni=e2e.cni))
     with e2e.timings.measure("labctl up again: 3 nodes to ready"):
         code, lines = small.up(SMALL_UP_TIMEOUT, e2e.work / "up-again.log")
     e2e.timings.notes["up_again_phases"] = phase_timeline(lines, ["gateway", "lb1", "master1"])
@@ -513,7 +513,8 @@ def test_12_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -
 
 
 def test_13_a_broken_master_seed_fails_up_naming_the_node_and_step(e2e: E2E) -> None:
-    bad = lab_for(e2e.daemon, e2e.work, SABOTAGED, lab_text(SABOTAGED, e2e.image_entry, masters=1, workers=0))
+    bad = lab_for(e2e.daemon, e2e.work, SABOTAGED, lab_text(SABOTAGED, e2e.image_entry, masters=1, workers=0,
+                                                                 cni=e2e.cni))
     argv = [sys.executable, "-m", "tests.e2e.sabotage", "master1", "up", "--timeout", str(SMALL_UP_TIMEOUT)]
     try:
         with e2e.timings.measure("labctl up with master1's kubeadm config broken"):
