@@ -48,12 +48,12 @@ def retry_failed(plan: Plan, backend: Backend, state: LabState, nodes: Sequence[
     if silent:
         raise ProvisionError(f"cannot ask {', '.join(silent)} over ssh whether they failed",
                              "is the node running? `labctl status`, `labctl console NODE`")
-    retried = [name for name, said in answers.items() if said and RETRYING in said]
+    retried = {name: line for name, said in answers.items() for line in (said or "").splitlines() if RETRYING in line}
     for node in nodes:
         if node.name in retried:
             offsets[node.name] = _size(backend.console_log(node))
-            events.note(f"{node.name}: {(answers[node.name] or '').strip().removeprefix('labctl: ')}")
-    return retried
+            events.note(retried[node.name].removeprefix("labctl: "))  # "worker1: retrying from packages"
+    return list(retried)
 
 
 def _size(path: Path | None) -> int:
