@@ -88,7 +88,7 @@ def role_config(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, An
         "ssh_deletekeys": True,
         "ssh_keys": _ssh_host_key(node, secrets),
         "write_files": files,
-        # --no-block: the unit starts once cloud-init's final stage (this one) is over.
+        # --no-block: runcmd (cloud-init's final stage) does not wait for the bootstrap.
         "runcmd": [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "--no-block", BOOTSTRAP_UNIT]],
     }
 
