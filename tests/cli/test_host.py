@@ -325,3 +325,19 @@ def backend_image():
     from labctl.backends.base import BaseImage
 
     return BaseImage(Path("/base.qcow2"), "sha512:ab", "qcow2")
+
+
+def test_up_refuses_objects_whose_state_directory_is_gone_and_creates_nothing(capsys, backend, isolated_home):
+    plan = plan_lab(load_lab())
+    define_lab(backend, plan)
+    state = LabState.for_lab("k8s")
+    shutil.rmtree(state.root)  # the lab's machines are there, its keys and CAs are not
+    before = sorted(backend.domains)
+    code, out, err = run(capsys, "up", "--no-wait")
+    assert code == 1 and out == ""
+    [line] = [line for line in err.splitlines() if line.startswith("labctl: error:")]
+    assert line.startswith("labctl: error: lab k8s: fake:/// holds its objects (lab id 0123456789ab) but its state "
+                           f"directory {state.root} is missing")
+    assert "restore that directory" in line and "labctl --name k8s destroy --yes" in line
+    assert not state.root.exists() and sorted(backend.domains) == before
+    assert not any(call[0] == "start" for call in backend.calls)

@@ -129,3 +129,22 @@ def test_loose_secret_files_are_tightened_at_startup(isolated_home):
     assert CliRunner().invoke(cli, ["ssh-config"]).exit_code == 0
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+
+
+def test_plan_says_what_the_minor_needs_and_warns_about_an_end_of_life_one(tmp_path):
+    result = CliRunner().invoke(cli, ["plan"])
+    assert result.exit_code == 0
+    assert "Kubernetes 1.35: kubeadm kubeadm.k8s.io/v1beta4, containerd ≥ 1.7" in result.stdout
+    assert "Accelerator auto (resolved by `up`; budgets shown for tcg)" in result.stdout
+    old = tmp_path / "old.yaml"
+    old.write_text('kubernetes: {version: "1.31"}\n')
+    result = CliRunner().invoke(cli, ["--config", str(old), "plan"])
+    assert result.exit_code == 0
+    assert "labctl: warning: kubernetes.version: Kubernetes 1.31 is past its end of upstream support (2025-10-28)" \
+        in result.stderr
+    new = tmp_path / "new.yaml"
+    new.write_text('kubernetes: {version: "1.36"}\n')
+    refused = run(["--config", str(new), "plan"])
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("labctl: error: kubernetes.version: Kubernetes 1.36 needs containerd ≥ 2.0")
+    assert len(refused.stderr.splitlines()) == 1
