@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from labctl.access.readiness import console_tail
 from labctl.image.build import BuiltImage
 from tests.e2e.image import e2e_image
@@ -53,6 +55,15 @@ def skip_reason() -> str | None:
         return why
     missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "dpkg-deb") if shutil.which(tool) is None]
     return f"missing {', '.join(missing)}" if missing else None
+
+
+def require(reason: str | None, what: str) -> None:
+    """Skip ``what`` for ``reason`` (printed), or fail instead under CI as root: CI must run every lab."""
+    if reason and os.geteuid() == 0 and os.environ.get("CI"):
+        pytest.fail(f"{what} cannot run: {reason} (CI must provide it: make test-deps)")
+    if reason:
+        print(f"{what} skipped: {reason}")
+        pytest.skip(reason)
 
 
 @dataclass

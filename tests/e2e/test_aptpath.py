@@ -10,7 +10,6 @@ printed, failed instead under ``CI``. ``pytest -v -s tests/e2e/test_aptpath.py``
 from __future__ import annotations
 
 import json
-import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import yaml
 from labctl.access.readiness import parse_phases
 from tests.e2e import aptpath
 from tests.e2e.aptpath import NODES, STANDIN_DIR, AptPath, aptpath_lab
-from tests.e2e.session import skip_reason
+from tests.e2e.session import require, skip_reason
 from tests.harness import aptproxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -30,12 +29,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptPath]:
-    reason = skip_reason() or (None if aptproxy.can_run()[0] else aptproxy.can_run()[1])
-    if reason and os.geteuid() == 0 and os.environ.get("CI"):
-        pytest.fail(f"the apt-path lab cannot run: {reason} (CI must provide it: make test-deps)")
-    if reason:
-        print(f"apt-path lab skipped: {reason}")
-        pytest.skip(reason)
+    require(skip_reason() or (None if aptproxy.can_run()[0] else aptproxy.can_run()[1]), "the apt-path lab")
     with aptpath_lab(tmp_path_factory.mktemp("aptpath")) as running:
         yield running
 

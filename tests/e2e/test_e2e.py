@@ -17,7 +17,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from tests.e2e.session import (
     failure_report,
     lab_for,
     lab_text,
+    require,
     running_lab,
     skip_reason,
 )
@@ -56,12 +56,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    reason = skip_reason()
-    if reason and os.geteuid() == 0 and os.environ.get("CI"):
-        pytest.fail(f"e2e cannot run: {reason} (CI must provide it: make test-deps)")
-    if reason:
-        print(f"e2e skipped: {reason}")
-        pytest.skip(reason)
+    require(skip_reason(), "e2e")
     with running_lab(tmp_path_factory.mktemp("e2e")) as running:
         yield running
 
