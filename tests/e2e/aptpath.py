@@ -51,6 +51,7 @@ from tests.httpserver import HTTPTestServer
 from tests.labenv import snapshot
 
 LAB = "apt"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "aptpath"  # consoles and drills, kept after the run
 NODES = ("gateway", "lb1", "master1", "worker1")
 K8S_PACKAGES = "1.35.0-1.1"  # the default minor's (images/kubernetes.yaml), as upstream numbers them
 PROXY_PORT = 3142
@@ -246,6 +247,7 @@ def aptpath_lab(work: Path, extra: dict[str, Any] | None = None) -> Iterator[Apt
         timings.notes["image"] = {"built": built, "path": str(image.path)}
         with timings.measure("signed Kubernetes repository of the stand-ins"):
             repo = build_repo(work / "k8s-repo", K8S_PACKAGES)
+        stack.callback(keep_artifacts, session.base / "console", work)
         proxy = stack.enter_context(AptProxy(work / "aptproxy"))
         with timings.measure("package proxy bridged into the namespace"):
             proxy.bridge_into(daemon.netns, port=PROXY_PORT)
@@ -265,6 +267,16 @@ def aptpath_lab(work: Path, extra: dict[str, Any] | None = None) -> Iterator[Apt
         run_stages(run)
         timings.notes["drills"] = {name: {"seconds": d.seconds, "error": d.error} for name, d in run.drills.items()}
         yield run
+
+
+def keep_artifacts(consoles: Path, work: Path) -> None:
+    """The consoles, the drills' record and labctl's outputs in build/aptpath (the tmp dir does not last)."""
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    if consoles.is_dir():
+        shutil.copytree(consoles, ARTIFACTS / "console")
+    for path in [*work.glob("*.log"), *work.glob("*.json"), *work.glob("aptproxy/log/*")]:
+        shutil.copy2(path, ARTIFACTS / path.name)
 
 
 def destroy(lab: Lab) -> None:
