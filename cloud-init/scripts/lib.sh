@@ -22,7 +22,7 @@ LABCTL_FAILED=
 WAIT_DELAY=${WAIT_DELAY:-5}
 APT_LOCK_WAIT=${APT_LOCK_WAIT:-300}
 APT_TRIES=${APT_TRIES:-3}
-APT_OPTIONS="-q -o DPkg::Lock::Timeout=$APT_LOCK_WAIT -o Acquire::Retries=3 -o Acquire::http::Timeout=30"
+APT_OPTIONS="-q -o DPkg::Lock::Timeout=$APT_LOCK_WAIT -o Acquire::Retries=3 -o Acquire::http::Timeout=30 -o Acquire::Languages=none"
 POLICY_RC=${POLICY_RC:-/usr/sbin/policy-rc.d}
 APT_ETC=${APT_ETC:-/etc/apt}
 OS_RELEASE=${OS_RELEASE:-/etc/os-release}
