@@ -10,6 +10,7 @@ from labctl.lab.config import load_lab, parse_lab
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
+from tests.guest.manifests import with_cni
 
 BIG = "nodes: {master: {count: 7}, worker: {count: 50}, lb: {count: 2}}"
 
@@ -22,7 +23,7 @@ def test_validate_and_plan_a_big_lab(benchmark):
 
 @pytest.fixture(scope="module")
 def default_lab(tmp_path_factory):
-    plan = plan_lab(load_lab())
+    plan = with_cni(plan_lab(load_lab()))
     return plan, ensure_secrets(LabState.for_lab("k8s", tmp_path_factory.mktemp("state")), plan)
 
 

@@ -25,7 +25,7 @@ LAB_YAML = """\
 name: {name}
 image: {{path: {image}, sha256: {sha256}}}
 accel: {accel}
-kubernetes: {{enforce_minimums: false}}
+kubernetes: {{enforce_minimums: false, cni_manifest: {{path: {manifest}, sha256: {manifest_sha256}}}}}
 nodes:
   gateway: {{memory: 512}}
   lb: {{memory: 512}}
@@ -65,11 +65,22 @@ def accel_for_tests() -> str:
     return "auto" if choose_accel("auto", read_host_facts()).emulated else "tcg"
 
 
+def cni_file(directory: Path) -> tuple[Path, str]:
+    """flannel's manifest structure as a local file (labs here have no internet), and its SHA-256."""
+    from tests.guest.manifests import FLANNEL
+
+    path = directory / "kube-flannel.yml"
+    path.write_text(FLANNEL)
+    return path, hashlib.sha256(FLANNEL.encode()).hexdigest()
+
+
 def write_lab(directory: Path, name: str = "k8s", masters: int = 3, workers: int = 2) -> Path:
     image, digest = blank_image(directory)
+    manifest, manifest_sha256 = cni_file(directory)
     config = directory / f"{name}.yaml"
     config.write_text(LAB_YAML.format(name=name, image=image, sha256=digest, accel=accel_for_tests(),
-                                      masters=masters, workers=workers))
+                                      masters=masters, workers=workers, manifest=manifest,
+                                      manifest_sha256=manifest_sha256))
     return config
 
 

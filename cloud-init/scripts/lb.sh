@@ -3,27 +3,32 @@
 # keepalived holds the API VIP. Staged configuration: /etc/labctl/{haproxy,keepalived}.conf.
 
 lb_main() {
-    phase network
-    wait_for_lab_dns
+    step network wait_for_lab_dns
+    step packages lb_packages
+    step haproxy lb_haproxy
+    if [ "$KEEPALIVED" = yes ]; then
+        step keepalived lb_keepalived
+    fi
+}
 
-    phase packages
+lb_packages() {
     if [ "$KEEPALIVED" = yes ]; then
         have haproxy keepalived || apt_install packages haproxy keepalived
     else
         have haproxy || apt_install packages haproxy
     fi
+}
 
-    phase haproxy
+lb_haproxy() {
     must haproxy haproxy -c -q -f /etc/labctl/haproxy.cfg
     # 0600: the file holds the stats password; HAProxy reads it as root before dropping privileges.
     must haproxy install -m 0600 /etc/labctl/haproxy.cfg /etc/haproxy/haproxy.cfg
     service_up haproxy haproxy.service
+}
 
-    if [ "$KEEPALIVED" = yes ]; then
-        phase keepalived
-        must keepalived keepalived -t -f /etc/labctl/keepalived.conf
-        must keepalived install -d -m 0755 /etc/keepalived
-        must keepalived install -m 0600 /etc/labctl/keepalived.conf /etc/keepalived/keepalived.conf
-        service_up keepalived keepalived.service
-    fi
+lb_keepalived() {
+    must keepalived keepalived -t -f /etc/labctl/keepalived.conf
+    must keepalived install -d -m 0755 /etc/keepalived
+    must keepalived install -m 0600 /etc/labctl/keepalived.conf /etc/keepalived/keepalived.conf
+    service_up keepalived keepalived.service
 }

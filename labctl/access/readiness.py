@@ -16,6 +16,7 @@ from labctl.errors import ProvisionError
 from labctl.lab.plan import NodePlan
 
 PHASE_LINE = re.compile(r"labctl-phase: (?P<node>[a-z0-9-]+) (?P<phase>[a-z0-9_.-]+)(?: (?P<step>[a-z0-9_.-]+))?")
+ERROR_LINE = re.compile(r"labctl-error: (?P<node>[a-z0-9-]+) (?P<step>[a-z0-9_.-]+): (?P<message>.*?)\s*$")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 READY = "ready"
 FAILED = "failed"
@@ -24,9 +25,11 @@ SSH_EVERY = 10.0  # seconds between two ssh reads of one node's phase
 
 # Run by the lab user's shell on a node: the phase recorded during this boot (/run is emptied at
 # every boot, so an earlier boot's `ready` never counts) on the first line; after a failure, the tail
-# of cloud-init's output. Always exits 0 once the phase is read. Static: nothing is interpolated.
+# of the bootstrap's output (its unit's journal of this boot). Always exits 0 once the phase is read.
+# Static: nothing is interpolated.
 REMOTE_PHASE = ('p=$(cat /run/labctl/phase 2>/dev/null) || exit 0; printf "%s\\n" "$p"; '
-                'case $p in failed*) sudo -n tail -n 30 /var/log/cloud-init-output.log 2>&1;; esac; exit 0')
+                'case $p in failed*) sudo -n journalctl -b -u labctl-bootstrap.service -n 30 --no-pager -o cat '
+                '2>&1;; esac; exit 0')
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,19 @@ def parse_phases(text: str, node: str) -> list[PhaseEvent]:
     return events
 
 
+def last_error(node: str, text: str) -> str | None:
+    """``STEP: MESSAGE`` of the node's last failure when its last phase in ``text`` is a failure."""
+    events = parse_phases(text, node)
+    if not events or events[-1].phase != FAILED:
+        return None
+    found = None
+    for line in ANSI.sub("", text).splitlines():
+        match = ERROR_LINE.search(line)
+        if match and match["node"] == node:
+            found = f"{match['step']}: {match['message']}"
+    return found or f"{events[-1].step or 'unknown'}: (no message)"
+
+
 def console_tail(text: str, lines: int = TAIL_LINES) -> list[str]:
     """The last ``lines`` non-empty lines of console output, control sequences removed."""
     clean = [line.rstrip() for line in ANSI.sub("", text).replace("\r", "").splitlines()]
@@ -60,6 +76,7 @@ class NodeProgress:
     phase: str = "booting"
     since: float = 0.0
     step: str | None = None
+    error: str | None = None  # the node's own line after a failure: "STEP: MESSAGE"
 
     @property
     def done(self) -> bool:
@@ -125,7 +142,9 @@ def wait_ready(
             events.phases(progress, changed, now)
         if progress.failed:
             failed = progress.failed[0]
-            events.failure(failed.name, console_tail(read(failed.name)))
+            text = read(failed.name)
+            failed.error = last_error(failed.name, text)
+            events.failure(failed.name, console_tail(text))
             raise _failure(failed)
         if progress.all_ready:
             return progress
@@ -135,10 +154,11 @@ def wait_ready(
 
 
 def _failure(node: NodeProgress) -> ProvisionError:
+    said = node.error.partition(": ")[2] if node.error else ""
     return ProvisionError(
-        f"node {node.name} failed at step {node.step or 'unknown'}",
+        f"node {node.name} failed at step {node.step or 'unknown'}" + (f": {said}" if said else ""),
         f"the rest of the lab is left running: look with `labctl logs {node.name}` or "
-        f"`labctl ssh {node.name}`; retry with `labctl destroy --yes && labctl up`",
+        f"`labctl ssh {node.name}`; once the cause is fixed, `labctl up --retry-failed`",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from labctl.lab.config import load_lab
 from labctl.lab.model import Lab
 from labctl.lab.plan import Plan, plan_lab
 from labctl.lab.state import LabState
+from labctl.lab.versions import support_warnings
 
 
 @dataclass
@@ -35,7 +37,11 @@ class Context:
         return load_lab(self.config, self.name, self.backend_name)
 
     def plan(self) -> Plan:
-        return plan_lab(self.lab())
+        """The lab's plan; a Kubernetes minor past its end of support is said in one line (stderr)."""
+        the_plan = plan_lab(self.lab())
+        for warning in support_warnings(the_plan.lab.kubernetes.version, datetime.date.today()):
+            click.echo(f"labctl: warning: {warning}", err=True)
+        return the_plan
 
     def state(self, lab: Lab) -> LabState:
         return LabState.for_lab(lab.name)

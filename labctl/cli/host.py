@@ -18,7 +18,6 @@ from labctl.errors import LabError, StateError
 from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState
 from labctl.ops.lifecycle import STOP_TIMEOUT
-from labctl.ops.ready import READY_TIMEOUT
 
 CLOUD_INIT_LOG = "/var/log/cloud-init-output.log"
 
@@ -166,8 +165,9 @@ def console(ctx: Context, node: str) -> None:
 
 
 wait_timeout_option = click.option(
-    "--timeout", type=click.IntRange(1, 86400), default=READY_TIMEOUT, show_default=True, metavar="SECONDS",
-    help="How long to wait for readiness (a cold cluster under TCG is slow).")
+    "--timeout", type=click.IntRange(1, 86400), default=None, metavar="SECONDS",
+    help="How long to wait for readiness. Default: the budget table's, for the accelerator (`labctl plan` shows it); "
+         "every node fails with its own message before then.")
 
 
 def _selected(the_plan: Plan, names: tuple[str, ...]) -> list[NodePlan]:
@@ -196,7 +196,7 @@ def stop(ctx: Context, nodes: tuple[str, ...], timeout: int) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the started nodes are ready.")
 @wait_timeout_option
 @pass_ctx
-def start(ctx: Context, nodes: tuple[str, ...], wait: bool, timeout: int) -> None:
+def start(ctx: Context, nodes: tuple[str, ...], wait: bool, timeout: int | None) -> None:
     """Start the lab's stopped nodes (or NODEs), the gateway first, and wait until they are ready.
 
     Addresses are static, so etcd and the certificates stay valid across stop/start and host reboots;

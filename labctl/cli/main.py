@@ -57,7 +57,11 @@ def init(file: Path, force: bool) -> None:
 @pass_ctx
 def plan(ctx: Context, output: str) -> None:
     """Print the plan: nodes, addresses, MACs. Touches no hypervisor."""
+    from labctl.ops.cnisupply import cached_cni
+
     the_plan = ctx.plan()
+    if cached_cni(the_plan) is None:  # a cached manifest is adapted (and refused here if malformed)
+        ctx.report("the CNI manifest is not cached yet: `labctl up` fetches, verifies and adapts it first")
     if output == "json":
         click.echo(json.dumps(plan_rows(the_plan), indent=2))
     else:
@@ -72,6 +76,7 @@ def render(ctx: Context, directory: Path) -> None:
 
     Changes nothing: for a lab that does not exist yet, its secrets and id are throwaway placeholders.
     """
+    from labctl.ops.cnisupply import cni_for_render
     from labctl.ops.imagesupply import image_as_known
     from labctl.ops.lifecycle import choose_lab_accel
     from labctl.ops.render import render as write_render
@@ -80,29 +85,37 @@ def render(ctx: Context, directory: Path) -> None:
     backend = ctx.backend_for_render(the_plan.lab)
     image, cached = image_as_known(the_plan.lab)
     accel = choose_lab_accel(the_plan, backend, ctx.events())
+    manifest, cni_cached = cni_for_render(the_plan)
+    the_plan = the_plan.with_accel(accel.kind).with_cni_manifest(manifest)
     done = write_render(the_plan, backend, ctx.state(the_plan.lab), accel, image, directory)
     if done.throwaway:
         ctx.report(f"lab {the_plan.lab.name} does not exist here: its secrets and id in these files are throwaway")
     if not cached:
         ctx.report(f"image {the_plan.lab.image.name} is not cached: its digest is shown as {image.digest}")
+    if not cni_cached:
+        ctx.report("the CNI manifest is not cached: master1's seed carries a comment naming it instead")
     ctx.report(f"wrote {len(done.files)} files under {directory}")
 
 
 @cli.command()
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every node is ready.")
+@click.option("--retry-failed", is_flag=True,
+              help="Run the bootstrap of the nodes that failed again (after you fixed the cause); each resumes "
+                   "at the step that failed.")
 @wait_timeout_option
 @pass_ctx
-def up(ctx: Context, wait: bool, timeout: int) -> None:
+def up(ctx: Context, wait: bool, retry_failed: bool, timeout: int | None) -> None:
     """Create what is missing, start what is stopped, wait until every node is ready."""
     from labctl.ops import lifecycle
+    from labctl.ops.cnisupply import cni_for_plan
     from labctl.ops.imagesupply import image_for_lab
     from labctl.ops.preflight import refuse_unready_host
 
     the_plan = ctx.plan()
     lab = the_plan.lab
     result = lifecycle.up(the_plan, ctx.backend(lab), ctx.state(lab), ctx.events(),
-                          supply_image=lambda lab: image_for_lab(lab, quiet=ctx.quiet), gate=refuse_unready_host,
-                          wait=wait, timeout=timeout)
+                          supply_image=lambda lab: image_for_lab(lab, quiet=ctx.quiet), supply_cni=cni_for_plan,
+                          gate=refuse_unready_host, wait=wait, timeout=timeout, retry_failed=retry_failed)
     if not result.ready:
         ctx.report(f"lab {lab.name}: {len(the_plan.nodes)} nodes started; not waiting (--no-wait)")
         return
@@ -122,6 +135,9 @@ def status(ctx: Context, output: str) -> None:
         click.echo(json.dumps([row.__dict__ for row in rows], indent=2))
     else:
         click.echo(render_status_table(rows), nl=False)
+        for row in rows:
+            if row.error:
+                click.echo(f"{row.name}: {row.error}")
 
 
 @cli.command()

@@ -3,7 +3,9 @@
 from collections.abc import Sequence
 from typing import Any
 
+from labctl.lab.budget import duration
 from labctl.lab.plan import API_PORT, Plan
+from labctl.lab.versions import load_versions
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -20,6 +22,9 @@ def plan_rows(plan: Plan) -> dict[str, Any]:
     return {
         "lab": lab.name,
         "domain": lab.domain,
+        "kubernetes": {"version": lab.kubernetes.version, "cni": lab.kubernetes.cni},
+        "accel": plan.accel,
+        "ready_timeout": plan.budget.host_timeout,
         "api": {"name": plan.api_name, "address": str(plan.api_address)},
         "networks": [
             {"name": net.name, "key": net.key, "mode": net.mode, "cidr": str(net.cidr),
@@ -50,9 +55,23 @@ def render_plan_table(plan: Plan) -> str:
         + "\n"
         + table(["NETWORK", "MODE", "CIDR", "HOST BRIDGE", "HOST"], nets)
         + f"\nAPI {plan.api_name} -> {plan.api_address}:{API_PORT}\n"
+        + "\n".join(kubernetes_lines(plan)) + "\n"
     )
 
 
+def kubernetes_lines(plan: Plan) -> list[str]:
+    """What the Kubernetes minor needs and the budget the accelerator gets."""
+    spec = plan.lab.kubernetes
+    minor = load_versions().minor(spec.version)
+    accel = plan.accel or f"{plan.lab.accel} (resolved by `up`; budgets shown for tcg)"
+    return [
+        f"Kubernetes {spec.version}: kubeadm {minor.kubeadm_api}, {minor.needs}, "
+        f"upstream support until {minor.end_of_support.isoformat()}, {spec.cni} {minor.cni[spec.cni]}",
+        f"Accelerator {accel}: `up` waits at most {duration(plan.budget.host_timeout)} "
+        f"(every node fails with its own message before)",
+    ]
+
+
 def render_status_table(rows: Sequence[Any]) -> str:
-    return table(["NODE", "ROLE", "DOMAIN", "STATE", "ADDRESSES"],
-                 [[r.name, r.role, r.domain, r.state, " ".join(r.addresses)] for r in rows])
+    return table(["NODE", "ROLE", "DOMAIN", "STATE", "PHASE", "ADDRESSES"],
+                 [[r.name, r.role, r.domain, r.state, r.phase, " ".join(r.addresses)] for r in rows])

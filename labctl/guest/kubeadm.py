@@ -3,7 +3,9 @@
 master1 gets InitConfiguration + ClusterConfiguration; every other master and every worker a
 JoinConfiguration. The shared control-plane material (CAs, service-account keys) reaches the masters
 through their seeds, so control-plane joins need no certificateKey; every join pins the CA with
-caCertHashes. The API version follows the Kubernetes version: v1beta4 from 1.31, v1beta3 before.
+caCertHashes. The API version follows the Kubernetes minor's row of the version table (v1beta4 from
+1.31, v1beta3 before); v1beta4 documents carry kubeadm's ``timeouts``, sized for the accelerator by
+the plan's budget table.
 """
 
 from typing import Any
@@ -12,6 +14,7 @@ import yaml
 
 from labctl.errors import ConfigError, LabError
 from labctl.lab.plan import API_PORT, NodePlan, Plan
+from labctl.lab.versions import load_versions, pair
 from labctl.pki.secrets import TOKEN, LabSecrets
 
 CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
@@ -20,23 +23,18 @@ BOOTSTRAP_TTL_SECONDS = 24 * 3600
 TOKEN_GROUPS = ["system:bootstrappers:kubeadm:default-node-token"]
 TOKEN_USAGES = ["signing", "authentication"]
 ETCD_DATA_DIR = "/var/lib/etcd"
-V1BETA4_SINCE = (1, 31)
-OLDEST_SUPPORTED = (1, 24)  # the oldest stream pkgs.k8s.io publishes
 PREFLIGHT_MINIMUMS = ["NumCPU", "Mem"]  # kubeadm's checks that enforce_minimums: false relaxes
+V1BETA4 = "kubeadm.k8s.io/v1beta4"
 
 
 def kubernetes_minor(version: str) -> tuple[int, int]:
-    """(1, 31) from "1.31" or "1.31.4"; refuses versions older than pkgs.k8s.io carries."""
-    major, minor = (int(part) for part in version.split(".")[:2])
-    if (major, minor) < OLDEST_SUPPORTED:
-        oldest = ".".join(map(str, OLDEST_SUPPORTED))
-        raise ConfigError("kubernetes.version", f"{version} is older than {oldest}, the oldest on pkgs.k8s.io")
-    return major, minor
+    """(1, 35) from "1.35" or "1.35.4"; a ConfigError for a minor the version table does not have."""
+    return pair(load_versions().minor(version).name)
 
 
 def kubeadm_api_version(version: str) -> str:
-    """The kubeadm config API for Kubernetes ``version``."""
-    return "kubeadm.k8s.io/v1beta4" if kubernetes_minor(version) >= V1BETA4_SINCE else "kubeadm.k8s.io/v1beta3"
+    """The kubeadm config API for Kubernetes ``version`` (its row of the version table)."""
+    return load_versions().minor(version).kubeadm_api
 
 
 def render_kubeadm_config(plan: Plan, node: NodePlan, secrets: LabSecrets) -> str:
@@ -93,7 +91,15 @@ def _init_configuration(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict
         ],
         "nodeRegistration": _node_registration(plan, node),
         "localAPIEndpoint": _local_endpoint(node),
+        **_timeouts(plan),
     }
+
+
+def _timeouts(plan: Plan) -> dict[str, Any]:
+    """v1beta4's ``timeouts``, from the plan's budget table (larger under TCG than with KVM)."""
+    if kubeadm_api_version(plan.lab.kubernetes.version) != V1BETA4:
+        return {}
+    return {"timeouts": plan.budget.budget.kubeadm.v1beta4()}
 
 
 def _join_configuration(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict[str, Any]:
@@ -112,12 +118,12 @@ def _join_configuration(plan: Plan, node: NodePlan, secrets: LabSecrets) -> dict
     if node.role == "master":
         # No certificateKey: the CAs and service-account keys came with the seed.
         config["controlPlane"] = {"localAPIEndpoint": _local_endpoint(node)}
-    return config
+    return config | _timeouts(plan)
 
 
 def _node_registration(plan: Plan, node: NodePlan) -> dict[str, Any]:
     node_ip = str(node.internal.address.ip)
-    v1beta4 = kubeadm_api_version(plan.lab.kubernetes.version).endswith("v1beta4")
+    v1beta4 = kubeadm_api_version(plan.lab.kubernetes.version) == V1BETA4
     registration: dict[str, Any] = {
         "name": node.name,
         "criSocket": CRI_SOCKET,

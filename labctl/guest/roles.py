@@ -7,22 +7,16 @@ charset that needs no quoting. The kubeadm configuration is YAML and lives in
 :mod:`labctl.guest.kubeadm`.
 """
 
+import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from ipaddress import IPv4Network
-
-import yaml
 
 from labctl.errors import ConfigError, LabError
-from labctl.guest.kubeadm import kubernetes_minor, render_kubeadm_config
+from labctl.guest.kubeadm import CRI_SOCKET, kubernetes_minor, render_kubeadm_config
 from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.pki.secrets import LabSecrets
-from labctl.resources import read_text
 
 __all__ = [
-    "CniManifest",
-    "cni_manifest",
     "lab_env",
     "render_dnsmasq_conf",
     "render_haproxy_cfg",
@@ -42,42 +36,22 @@ ENV_FILE = f"{ETC_DIR}/lab.env"
 KUBEADM_CONFIG = f"{ETC_DIR}/kubeadm.yaml"
 CLUSTER_CA_COPY = f"{ETC_DIR}/kubernetes-ca.crt"  # the cluster CA certificate on LBs and workers
 KUBE_PKI = "/etc/kubernetes/pki"
+SEED_PKI = f"{ETC_DIR}/pki"  # masters: the lab's CAs, copied into KUBE_PKI before every kubeadm run
+CNI_MANIFEST = f"{ETC_DIR}/cni.yaml"  # master1: the manifest labctl fetched and adapted
+K8S_APT_KEY = f"{ETC_DIR}/kubernetes-apt-key.asc"  # the package repository's key, when lab.yaml gives a file
 STATE_DIR = "/var/lib/labctl"
 CONSOLE = "/dev/ttyS0"
 
 STATS_PORT = 8404
+BEACON_PORT = 8405  # every node's phase of this boot, for the nodes that wait on it (HTTP)
 STATS_USER = "admin"
 K8S_APT_URL = "https://pkgs.k8s.io/core:/stable:/v{minor}/deb/"
-# Bounded waits (tries x delay): the gateway's DNS, then the apiservers. A master waits for the
-# one before it, which itself waited, so the budget grows with its place in the chain.
-NETWORK_WAIT_TRIES = 180  # x 5 s
-API_WAIT_DELAY = 10
-API_WAIT_TRIES = 180
-API_WAIT_TRIES_PER_MASTER = 60
-KUBEADM_TIMEOUT = 1200  # seconds for one `kubeadm init` or `kubeadm join`
+WAIT_DELAY = 5  # seconds between two tries of any wait on another node
+APT_TRIES = 3  # apt-get install attempts (transient mirror errors)
 
 ENV_KEY = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 ENV_VALUE = re.compile(r"[A-Za-z0-9._:/,@=-]*\Z")
 CONF_TOKEN = re.compile(r"[A-Za-z0-9._:/@-]+\Z")  # one word in haproxy/dnsmasq/keepalived/nft files
-
-
-@dataclass(frozen=True)
-class CniManifest:
-    name: str  # flannel or calico
-    url: str
-    sha256: str
-    pod_cidr: IPv4Network | None  # the CIDR written in the manifest, adapted on the node if it differs
-
-
-def cni_manifest(plan: Plan) -> CniManifest:
-    """The lab's CNI manifest: the pinned catalog entry (network/cni.yaml) or the lab's override."""
-    spec = plan.lab.kubernetes
-    entry = yaml.safe_load(read_text("network", "cni.yaml"))[spec.cni]
-    pod_cidr = IPv4Network(entry["pod_cidr"]) if entry.get("pod_cidr") else None
-    if spec.cni_manifest is not None:
-        url, digest = spec.cni_manifest
-        return CniManifest(spec.cni, url, digest, pod_cidr)
-    return CniManifest(spec.cni, entry["url"], entry["sha256"], pod_cidr)
 
 
 # --- env file ---------------------------------------------------------------------------------
@@ -100,7 +74,9 @@ def render_lab_env(plan: Plan, node: NodePlan) -> str:
 
 
 def lab_env(plan: Plan, node: NodePlan) -> dict[str, str]:
-    """The parameters of ``node``'s bootstrap scripts, by name."""
+    """The parameters of ``node``'s bootstrap scripts, by name; every wait from the plan's budget table."""
+    budget = plan.budget
+    mirror = plan.lab.apt_mirror
     env = {
         "NODE": node.name,
         "LAB_ROLE": node.role,
@@ -115,8 +91,17 @@ def lab_env(plan: Plan, node: NodePlan) -> dict[str, str]:
         "API_PORT": str(API_PORT),
         "LABCTL_STATE_DIR": STATE_DIR,
         "LABCTL_CONSOLE": CONSOLE,
-        "NETWORK_WAIT_TRIES": str(NETWORK_WAIT_TRIES),
+        "BEACON_PORT": str(BEACON_PORT),
+        "WAIT_DELAY": str(WAIT_DELAY),
+        "APT_LOCK_WAIT": str(budget.budget.apt_lock),
+        "APT_TRIES": str(APT_TRIES),
+        "APT_MIRROR": mirror.url if mirror else "",
+        "APT_MIRROR_UPDATES": "yes" if mirror and mirror.updates else "no",
+        "APT_SECURITY_MIRROR": (mirror.security or "") if mirror else "",
     }
+    waits = budget.nodes[node.name].waits
+    if "dns" in waits:
+        env |= {"DNS_WAIT": str(waits["dns"]), "DNS_DEPENDS": _depends(plan, ["gateway"])}
     if node.role == "lb":
         env["KEEPALIVED"] = "yes" if plan.lab.role("lb").count > 1 else "no"
     if node.role in ("master", "worker"):
@@ -126,43 +111,64 @@ def lab_env(plan: Plan, node: NodePlan) -> dict[str, str]:
     return env
 
 
+def k8s_apt_url(plan: Plan) -> str:
+    """The Kubernetes packages' repository: lab.yaml's, else upstream's for the minor."""
+    major, minor = kubernetes_minor(plan.lab.kubernetes.version)
+    return plan.lab.kubernetes.apt_url or K8S_APT_URL.format(minor=f"{major}.{minor}")
+
+
 def _kubernetes_env(plan: Plan, node: NodePlan) -> dict[str, str]:
     spec = plan.lab.kubernetes
-    major, minor = kubernetes_minor(spec.version)
     exact = spec.version.count(".") == 2
-    return {
+    apt_url = k8s_apt_url(plan)
+    env = {
         "K8S_VERSION": spec.version,
-        "K8S_APT_URL": K8S_APT_URL.format(minor=f"{major}.{minor}"),
-        # apt version glob prefix: 1.31.4-* (that release) or 1.31.* (the newest 1.31)
+        "K8S_APT_URL": apt_url,
+        # The key: fetched by the node from this URL, or (empty) the file the seed carries.
+        "K8S_APT_KEY_URL": "" if spec.apt_key else spec.apt_key_url or f"{apt_url}Release.key",
+        # apt version glob prefix: 1.35.4-* (that release) or 1.35.* (the newest 1.35)
         "K8S_PKG_VERSION": f"{spec.version}-" if exact else f"{spec.version}.",
         "POD_CIDR": str(spec.pod_cidr),
         "SERVICE_CIDR": str(spec.service_cidr),
         "KUBEADM_CONFIG": KUBEADM_CONFIG,
-        "KUBEADM_TIMEOUT": str(KUBEADM_TIMEOUT),
+        "KUBEADM_TIMEOUT": str(plan.budget.budget.kubeadm.command),
+        "CRI_SOCKET": CRI_SOCKET,
         # Masters check TLS with the CA kubeadm uses; workers with the copy in /etc/labctl.
         "API_CA": f"{KUBE_PKI}/ca.crt" if node.role == "master" else CLUSTER_CA_COPY,
-        "API_WAIT_TRIES": str(_api_wait_tries(node)),
-        "API_WAIT_DELAY": str(API_WAIT_DELAY),
     }
-
-
-def _api_wait_tries(node: NodePlan) -> int:
-    if node.role == "master" and node.index > 1:
-        return API_WAIT_TRIES + API_WAIT_TRIES_PER_MASTER * (node.index - 2)
-    return API_WAIT_TRIES
+    if node.role == "worker":
+        env |= {"API_WAIT": str(plan.budget.nodes[node.name].waits["api"]),
+                "API_DEPENDS": _depends(plan, ["master1", *_role_names(plan, "lb")])}
+    return env
 
 
 def _master_env(plan: Plan, node: NodePlan) -> dict[str, str]:
-    previous = plan.node(f"master{node.index - 1}").internal.address.ip if node.index > 1 else None
-    cni = cni_manifest(plan)
-    return {
-        "MASTER_INDEX": str(node.index),
-        "PREVIOUS_MASTER_ADDRESS": str(previous or ""),
-        "CNI": cni.name,
-        "CNI_URL": cni.url,
-        "CNI_SHA256": cni.sha256,
-        "CNI_POD_CIDR": str(cni.pod_cidr or ""),
-    }
+    waits = plan.budget.nodes[node.name].waits
+    env = {"MASTER_INDEX": str(node.index)}
+    if node.index == 1:
+        return env | {"LB_WAIT": str(waits["lb"]), "LB_DEPENDS": _depends(plan, _role_names(plan, "lb")),
+                      "CNI_MANIFEST": CNI_MANIFEST, "CNI_SHA256": cni_digest(plan),
+                      "CNI_WAIT": str(plan.budget.budget.cni)}
+    previous = plan.node(f"master{node.index - 1}")
+    return env | {"PREVIOUS_MASTER_ADDRESS": str(previous.internal.address.ip),
+                  "PREVIOUS_WAIT": str(waits["previous"]), "PREVIOUS_DEPENDS": _depends(plan, [previous.name])}
+
+
+def cni_digest(plan: Plan) -> str:
+    """SHA-256 of the adapted manifest master1 applies (checked on the node after the seed carried it)."""
+    if plan.cni_manifest is None:
+        raise LabError("the lab's CNI manifest has not been fetched yet",
+                       "labctl.ops.cnisupply.cni_for_plan fetches, verifies and adapts it")
+    return hashlib.sha256(plan.cni_manifest.encode()).hexdigest()
+
+
+def _role_names(plan: Plan, role: str) -> list[str]:
+    return [node.name for node in plan.nodes if node.role == role]
+
+
+def _depends(plan: Plan, names: list[str]) -> str:
+    """NAME@ADDRESS,…: the nodes a wait depends on, whose beacons say whether they failed."""
+    return ",".join(f"{name}@{plan.node(name).internal.address.ip}" for name in names)
 
 
 # --- gateway ----------------------------------------------------------------------------------
@@ -212,6 +218,7 @@ def render_nftables(plan: Plan) -> str:
         "        tcp dport 22 accept",
         f'        iifname "{LAN}" ip saddr {cidr} udp dport 53 accept',
         f'        iifname "{LAN}" ip saddr {cidr} tcp dport 53 accept',
+        f'        iifname "{LAN}" ip saddr {cidr} tcp dport {BEACON_PORT} accept',
         "    }",
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",

@@ -13,6 +13,7 @@ import yaml
 from labctl.errors import LabError
 from labctl.guest.cloudconfig import role_config
 from labctl.guest.roles import NIC_NAMES
+from labctl.guest.yamltext import LiteralDumper
 from labctl.lab.plan import NodePlan, Plan
 from labctl.pki.secrets import LabSecrets
 from labctl.resources import read_text
@@ -21,20 +22,8 @@ SEED_FILES = ("meta-data", "user-data", "network-config")
 FIXED_EPOCH = 946684800  # 2000-01-01T00:00:00Z: every timestamp in a seed ISO
 
 
-class _SeedDumper(yaml.SafeDumper):
-    """SafeDumper that writes multi-line strings (scripts, PEM, configs) as readable literal blocks."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_SeedDumper.add_representer(str, _represent_str)
-
-
 def dump_yaml(data: Mapping[str, Any], header: str = "") -> str:
-    return header + yaml.dump(dict(data), Dumper=_SeedDumper, sort_keys=False, default_flow_style=False, width=1000)
+    return header + yaml.dump(dict(data), Dumper=LiteralDumper, sort_keys=False, default_flow_style=False, width=1000)
 
 
 def render_meta_data(node: NodePlan) -> str:

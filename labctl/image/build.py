@@ -42,7 +42,7 @@ from labctl.image.cache import Digester
 from labctl.lab.validate import suggestion
 from labctl.resources import data_file
 
-SUPPORTED_SUITES = ("bookworm", "trixie")
+SUPPORTED_SUITES = ("bookworm", "trixie", "forky")  # forky: containerd 2.x, for Kubernetes ≥ 1.36
 DEFAULT_SUITE = "trixie"  # Debian 13, as the catalog's default image
 ROOT_LABEL = "labctl-root"
 KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} ro console=tty0 console=ttyS0,115200n8"

@@ -31,7 +31,9 @@ _HEX = re.compile(r"[0-9a-f]+\Z")
 _BSD_LINE = re.compile(r"(SHA512|SHA256) \((.+)\) = ([0-9A-Fa-f]+)\Z")
 _SOURCES = ("url", "path")
 _DIGESTS = ("sha512", "sha256", "checksums")
-_KEYS = (*_SOURCES, *_DIGESTS, "name", "format", "arch", "kernel", "initrd", "cmdline", "description")
+_KEYS = (*_SOURCES, *_DIGESTS, "name", "format", "arch", "kernel", "initrd", "cmdline", "description", "debian")
+# The Debian releases an image may say it is (what its packages, containerd among them, come from).
+DEBIAN_RELEASES = ("bookworm", "trixie", "forky", "sid")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class ImageSpec:
     initrd: Path | None = None
     cmdline: str | None = None
     description: str = ""
+    debian: str | None = None  # the Debian release it is, where known (catalog, built images, `debian:`)
 
     @property
     def filename(self) -> str:
@@ -155,7 +158,8 @@ def _built_image(manifest: Path, field: str) -> ImageSpec:
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         entry = {"name": data["name"], "path": data["file"], "format": data["format"], "sha512": data["sha512"],
-                 "kernel": data["kernel"], "initrd": data["initrd"], "cmdline": data["cmdline"]}
+                 "kernel": data["kernel"], "initrd": data["initrd"], "cmdline": data["cmdline"],
+                 "debian": data.get("suite")}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(field, f"unreadable image manifest {manifest}: {err}",
                           "rebuild it with `labctl image build`") from err
@@ -204,6 +208,7 @@ def _spec_from_mapping(
         initrd=initrd,
         cmdline=cmdline,
         description=_string(mapping, "description", field) or "",
+        debian=_debian(mapping, field),
     )
 
 
@@ -239,6 +244,14 @@ def _direct_boot(mapping: Mapping, field: str, base_dir: Path | None) -> tuple[P
     if kernel is None and (initrd or cmdline):
         raise ConfigError(field, "initrd and cmdline need a kernel (direct kernel boot)")
     return kernel, initrd, cmdline
+
+
+def _debian(mapping: Mapping, field: str) -> str | None:
+    value = _string(mapping, "debian", field)
+    if value is not None and value not in DEBIAN_RELEASES:
+        hint = suggestion(value, DEBIAN_RELEASES) or f"one of {', '.join(DEBIAN_RELEASES)}"
+        raise ConfigError(f"{field}.debian", f"unknown Debian release {value!r}", hint)
+    return value
 
 
 def _hex_digest(value: object, algo: str, field: str) -> str:

@@ -16,8 +16,18 @@ import yaml
 
 from labctl.errors import ConfigError
 from labctl.lab.catalog import resolve_image
-from labctl.lab.model import BACKEND_NAMES, ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
+from labctl.lab.model import (
+    BACKEND_NAMES,
+    ROLES,
+    AptMirror,
+    KubernetesSpec,
+    Lab,
+    ManifestSource,
+    NetworkSpec,
+    RoleSpec,
+)
 from labctl.lab.validate import choice, fail, kind, mapping, shown, string
+from labctl.lab.versions import check_runtime, load_versions
 
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 DNS_NAME = re.compile(r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
@@ -35,7 +45,11 @@ ROLE_KEYS = {
     "master": ("count", "cpus", "memory", "disk"),
     "worker": ("count", "cpus", "memory", "disk"),
 }
-K8S_KEYS = ("version", "pod_cidr", "service_cidr", "cni", "etcd", "enforce_minimums", "cni_manifest")
+K8S_KEYS = ("version", "pod_cidr", "service_cidr", "cni", "etcd", "enforce_minimums", "cni_manifest", "apt_url",
+            "apt_key")
+MIRROR_KEYS = ("url", "updates", "security")
+MAX_KEY_BYTES = 64 << 10
+ARMORED_KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # isolated: the host on the network (libvirt: an isolated network; VirtualBox: a host-only interface);
 # bridge: onto a host bridge or interface; intnet: VirtualBox's internal network, the host not on it.
@@ -170,16 +184,15 @@ def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
     user = string(data.get("user"), "user", USER_NAME, "a POSIX user name such as lab")
     if user == "root":
         raise ConfigError("user", "must not be root; the lab user gets sudo")
-    mirror = data.get("apt_mirror")
-    if mirror is not None:
-        string(mirror, "apt_mirror", HTTP_URL, "an http(s) URL")
+    mirror = _apt_mirror(data.get("apt_mirror"))
     image = data.get("image")
     if not isinstance(image, (str, dict)) or not image:
         raise fail("image", "a catalog name or a mapping with url or path", image)
     image_spec = resolve_image(image, "image", base_dir=base_dir)
     backend = choice(data.get("backend"), "backend", BACKEND_NAMES)
     nat, internal = _networks(data.get("networks"), name, backend)
-    kubernetes = _kubernetes(data.get("kubernetes"))
+    kubernetes = _kubernetes(data.get("kubernetes"), base_dir)
+    check_runtime(kubernetes.version, image_spec.name, image_spec.debian)
     roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
     _check_overlaps(nat, internal, kubernetes)
     accel = choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
@@ -224,12 +237,34 @@ def _internal_mode(internal: dict[str, Any], backend: str) -> tuple[str, str | N
                         "the name of an existing host bridge (e.g. br0) for mode bridge")
 
 
-def _kubernetes(value: Any) -> KubernetesSpec:
+def _apt_mirror(value: Any) -> AptMirror | None:
+    """``apt_mirror: URL`` (the main suite only) or ``{url, updates: bool, security: URL}``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return AptMirror(string(value, "apt_mirror", HTTP_URL, "an http(s) URL"))
+    entry = mapping(value, "apt_mirror", MIRROR_KEYS, empty_ok=False)
+    updates = entry.get("updates", False)
+    if not isinstance(updates, bool):
+        raise fail("apt_mirror.updates", "true or false", updates)
+    security = entry.get("security")
+    if security is not None:
+        string(security, "apt_mirror.security", HTTP_URL, "an http(s) URL of a debian-security mirror")
+    return AptMirror(string(entry.get("url"), "apt_mirror.url", HTTP_URL, "an http(s) URL"), updates, security)
+
+
+def _kubernetes(value: Any, base_dir: Path | None = None) -> KubernetesSpec:
     section = mapping(value, "kubernetes", K8S_KEYS)
     version = section.get("version")
     if isinstance(version, float):  # YAML reads 1.31 unquoted as a float
-        raise fail("kubernetes.version", 'a quoted version such as "1.31"', version)
-    version = string(version, "kubernetes.version", K8S_VERSION, 'a Kubernetes version such as "1.31" or "1.31.4"')
+        raise fail("kubernetes.version", 'a quoted version such as "1.35"', version)
+    version = string(version, "kubernetes.version", K8S_VERSION, 'a Kubernetes version such as "1.35" or "1.35.4"')
+    load_versions().minor(version)
+    apt_url = section.get("apt_url")
+    if apt_url is not None:
+        apt_url = string(apt_url, "kubernetes.apt_url", HTTP_URL, "an http(s) URL of a Kubernetes package repository")
+        apt_url = apt_url.rstrip("/") + "/"
+    key_url, key_text = _apt_key(section.get("apt_key"), base_dir)
     enforce = section.get("enforce_minimums")
     if not isinstance(enforce, bool):
         raise fail("kubernetes.enforce_minimums", "true or false", enforce)
@@ -240,17 +275,49 @@ def _kubernetes(value: Any) -> KubernetesSpec:
         cni=choice(section.get("cni"), "kubernetes.cni", ("flannel", "calico")),
         etcd=choice(section.get("etcd"), "kubernetes.etcd", ("stacked",)),
         enforce_minimums=enforce,
-        cni_manifest=_cni_manifest(section.get("cni_manifest")),
+        cni_manifest=_cni_manifest(section.get("cni_manifest"), base_dir),
+        apt_url=apt_url,
+        apt_key_url=key_url,
+        apt_key=key_text,
     )
 
 
-def _cni_manifest(value: Any) -> tuple[str, str] | None:
+def _local_path(value: Any, path: str, base_dir: Path | None) -> Path:
+    if not isinstance(value, str) or not value:
+        raise fail(path, "a file path", value)
+    file = Path(value).expanduser()
+    return file if file.is_absolute() or base_dir is None else base_dir / file
+
+
+def _apt_key(value: Any, base_dir: Path | None) -> tuple[str | None, str | None]:
+    """``apt_key``: the URL the nodes fetch the repository's key from, or a file of the armored key
+    on this host (carried to the nodes in their seeds: nothing to trust on the way)."""
+    if value is None:
+        return None, None
+    if isinstance(value, str) and HTTP_URL.match(value):
+        return value, None
+    file = _local_path(value, "kubernetes.apt_key", base_dir)
+    try:
+        text = file.read_bytes()[: MAX_KEY_BYTES + 1].decode("ascii")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("kubernetes.apt_key", f"cannot read the key file {file}: {err}") from err
+    if len(text) > MAX_KEY_BYTES or not text.lstrip().startswith(ARMORED_KEY):
+        raise ConfigError("kubernetes.apt_key", f"{file} is not an armored OpenPGP public key",
+                          "export it with `gpg --armor --export`")
+    return None, text
+
+
+def _cni_manifest(value: Any, base_dir: Path | None) -> ManifestSource | None:
     if value is None:
         return None
-    entry = mapping(value, "kubernetes.cni_manifest", ("url", "sha256"))
-    url = string(entry.get("url"), "kubernetes.cni_manifest.url", HTTP_URL, "an http(s) URL")
+    entry = mapping(value, "kubernetes.cni_manifest", ("url", "path", "sha256"))
     digest = string(entry.get("sha256"), "kubernetes.cni_manifest.sha256", SHA256_HEX, "64 lowercase hex digits")
-    return url, digest
+    if ("url" in entry) == ("path" in entry):
+        raise ConfigError("kubernetes.cni_manifest", "needs exactly one of url or path")
+    if "path" in entry:
+        return ManifestSource(digest, path=_local_path(entry["path"], "kubernetes.cni_manifest.path", base_dir))
+    return ManifestSource(digest, url=string(entry.get("url"), "kubernetes.cni_manifest.url", HTTP_URL,
+                                             "an http(s) URL"))
 
 
 def _count_check(role: str) -> Callable[[Any, str], int]:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from pathlib import Path
 
 from labctl.lab.catalog import ImageSpec
 
@@ -27,6 +28,28 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class ManifestSource:
+    """Where a CNI manifest comes from (a URL or a file on the host) and its SHA-256."""
+
+    sha256: str
+    url: str | None = None
+    path: Path | None = None
+
+    @property
+    def where(self) -> str:
+        return self.url or str(self.path)
+
+
+@dataclass(frozen=True)
+class AptMirror:
+    """The Debian mirror every node's apt reads instead of the image's own sources."""
+
+    url: str
+    updates: bool = False  # <suite>-updates from the same mirror
+    security: str | None = None  # a mirror of debian-security for <suite>-security
+
+
+@dataclass(frozen=True)
 class KubernetesSpec:
     version: str
     pod_cidr: IPv4Network
@@ -34,7 +57,10 @@ class KubernetesSpec:
     cni: str
     etcd: str
     enforce_minimums: bool
-    cni_manifest: tuple[str, str] | None = None  # (url, sha256) overriding the CNI catalog's pinned manifest
+    cni_manifest: ManifestSource | None = None  # overrides the CNI catalog's pinned manifest
+    apt_url: str | None = None  # the Kubernetes package repository (None: upstream's for the minor)
+    apt_key_url: str | None = None  # its signing key, fetched by the node (None: <apt_url>Release.key)
+    apt_key: str | None = None  # or the armored key itself, read from a file on the host
 
 
 @dataclass(frozen=True)
@@ -44,7 +70,7 @@ class Lab:
     user: str
     accel: str
     image: ImageSpec
-    apt_mirror: str | None
+    apt_mirror: AptMirror | None
     nat: NetworkSpec
     internal: NetworkSpec
     roles: tuple[RoleSpec, ...]

@@ -1,10 +1,12 @@
 """Lab model → plan: nodes, names, addresses and MACs. Pure and deterministic."""
 
+import dataclasses
 import hashlib
 import uuid
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from labctl.lab.budget import LabBudget, budget_for, lab_budget
 from labctl.lab.model import Lab, NetworkSpec
 
 # Host offsets inside each network. The gateway owns .1 of the internal network because
@@ -63,6 +65,23 @@ class Plan:
     api_name: str
     api_address: IPv4Address  # lb1, or the keepalived VIP with two load balancers
     gateway_address: IPv4Address  # default route and resolver of every node
+    # What the plan takes from outside once known, each set by the caller that learned it:
+    accel: str | None = None  # "kvm" or "tcg": lab.yaml's, or `auto` resolved against the hypervisor at `up`
+    cni_manifest: str | None = None  # the CNI manifest master1 applies, fetched, verified and adapted on the host
+
+    def with_accel(self, accel: str) -> "Plan":
+        """This plan under ``accel`` (what `auto` resolved to): seeds and waits follow from it."""
+        return dataclasses.replace(self, accel=accel)
+
+    def with_cni_manifest(self, text: str) -> "Plan":
+        return dataclasses.replace(self, cni_manifest=text)
+
+    @property
+    def budget(self) -> LabBudget:
+        """Every node's waits and deadline and the host's timeout, under the plan's accelerator (TCG's,
+        the longer, while `auto` is not resolved)."""
+        names = [(node.name, node.role, node.index) for node in self.nodes]
+        return lab_budget(budget_for(self.accel), names, self.lab.role("lb").count)
 
     def node(self, name: str) -> NodePlan:
         return next(node for node in self.nodes if node.name == name)
@@ -150,6 +169,7 @@ def plan_lab(lab: Lab) -> Plan:
         api_name=f"api.{lab.domain}",
         api_address=offset_address(lab.internal.cidr, api_offset).ip,
         gateway_address=offset_address(lab.internal.cidr, GATEWAY_OFFSET).ip,
+        accel=None if lab.accel == "auto" else lab.accel,
     )
 
 

@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from labctl.access.readiness import last_error, parse_phases
 from labctl.backends.base import Backend, BaseImage, LabObject, NodeRequest
-from labctl.errors import ConfigError
+from labctl.errors import ConfigError, StateError
 from labctl.guest.seed import build_seed_iso, render_seed
 from labctl.lab.accel import Accel, choose_accel
 from labctl.lab.drift import plan_fingerprint, unappliable_changes
@@ -35,12 +36,13 @@ from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState
 from labctl.ops import grow
 from labctl.ops.events import Events
-from labctl.ops.ready import READY_TIMEOUT, await_ready, route_to
+from labctl.ops.ready import await_ready, route_to
 from labctl.pki.secrets import ensure_secrets
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 SupplyImage = Callable[[Lab], BaseImage]
+SupplyCni = Callable[[Plan], str]  # the lab's CNI manifest, fetched, verified and adapted
 Gate = Callable[[Plan, Backend], None]
 STOP_TIMEOUT = 120  # seconds of ACPI shutdown before a node is forced off
 
@@ -52,6 +54,8 @@ class NodeStatus:
     domain: str
     state: str
     addresses: tuple[str, ...]
+    phase: str = "-"  # the last bootstrap phase its console shows ("-": not readable here)
+    error: str | None = None  # after a failure, the node's own line: "STEP: MESSAGE"
 
 
 @dataclass(frozen=True)
@@ -71,22 +75,35 @@ def choose_lab_accel(plan: Plan, backend: Backend, events: Events) -> Accel:
 
 
 def up(plan: Plan, backend: Backend, state: LabState, events: Events, *, supply_image: SupplyImage,
-       gate: Gate | None = None, wait: bool = True, timeout: float = READY_TIMEOUT,
+       supply_cni: SupplyCni | None = None, gate: Gate | None = None, wait: bool = True,
+       timeout: float | None = None, retry_failed: bool = False,
        clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> UpResult:
     """Create what is missing, start what is stopped, and (``wait``) wait until every node is ready,
     then remove the seeds. ``gate`` refuses a host that cannot run the lab (the doctor's checks),
-    ``supply_image`` hands over the verified base image (downloading it when needed)."""
+    ``supply_image`` hands over the verified base image (downloading it when needed), ``supply_cni``
+    the CNI manifest master1's seed carries. The accelerator enters here: `auto` is resolved against
+    the hypervisor, and the plan's budget table (seeds, waits, the default ``timeout``) follows it.
+    ``retry_failed`` runs the bootstrap of nodes that failed again (`labctl up --retry-failed`)."""
+    check_state(plan, backend, state)
     accel = choose_lab_accel(plan, backend, events)
+    plan = plan.with_accel(accel.kind)
     if gate is not None:
         gate(plan, backend)
+    if supply_cni is not None:
+        plan = plan.with_cni_manifest(supply_cni(plan))
     image = supply_image(plan.lab)
     with lab_lock(state, "up", clock=clock, sleep=sleep):
         applied = apply(plan, backend, state, image, accel, events)
+        if retry_failed:
+            from labctl.ops.retry import retry_failed as retry
+
+            retry(plan, backend, state, plan.nodes, events, applied.offsets, clock=clock, sleep=sleep)
         if not wait:
             if applied.pending:
                 events.note(f"the running lab learns of its {len(applied.growth.added)} new node(s) once it is ready: "
                             "run `labctl up` (without --no-wait) to finish")
             return UpResult(applied.changes, applied.lab_id, ready=False)
+        timeout = timeout or plan.budget.host_timeout
         deadline = clock() + timeout
         if applied.pending:  # the lab as it was must be up before it can learn of its new nodes
             earlier = [node for node in plan.nodes if node not in applied.growth.added]
@@ -145,14 +162,31 @@ def apply(plan: Plan, backend: Backend, state: LabState, image: BaseImage, accel
 
 
 def lab_id_for(plan: Plan, backend: Backend, state: LabState, ids: set[str] | None = None) -> str:
-    """The lab's id: the state record's, else the one in the hypervisor's tags, else a new one.
-    ``ids`` are the tags' ids when the caller has already listed them."""
+    """The lab's id: the state record's, else a new one. ``ids`` are the tags' ids when the caller has
+    already listed them; objects whose tags disagree with the state are refused (:func:`check_state`)."""
+    ids = backend.find_lab_ids(plan.lab.name) if ids is None else ids
+    check_state(plan, backend, state, ids)
+    return state.lab_id()
+
+
+def check_state(plan: Plan, backend: Backend, state: LabState, ids: set[str] | None = None) -> None:
+    """The lab's state directory and the hypervisor's tagged objects belong to one lab, or a one-line
+    refusal naming both: old machines never get new secrets (their keys, host keys and CAs live in the
+    state directory). Reads only: nothing is created when it refuses."""
     ids = backend.find_lab_ids(plan.lab.name) if ids is None else ids
     recorded = state.record().get("id")
-    if recorded and ids and recorded not in ids:
-        # The state dir was recreated while the lab lives on: trust the hypervisor, it holds the objects.
-        state.save_record({**state.record(), "id": sorted(ids)[0]})
-    return state.lab_id(known=sorted(ids)[0] if ids else None)
+    if not ids or recorded in ids:
+        return
+    found = ", ".join(sorted(ids))
+    if not recorded:
+        raise StateError(f"lab {plan.lab.name}: {backend.target} holds its objects (lab id {found}) but its state "
+                         f"directory {state.root} is missing or has no lab.json",
+                         "restore that directory (its keys and CAs are the ones the machines hold), "
+                         f"or remove the objects with `labctl --name {plan.lab.name} destroy --yes`")
+    raise StateError(f"lab {plan.lab.name}: {backend.target} holds objects of lab id {found} but the state "
+                     f"directory {state.root} is of lab id {recorded}",
+                     f"restore the state directory of lab id {found}, "
+                     f"or remove the objects with `labctl --name {plan.lab.name} destroy --yes`")
 
 
 def seed_isos(plan: Plan, state: LabState) -> dict[str, bytes]:
@@ -191,13 +225,18 @@ def remove_seeds(plan: Plan, backend: Backend, lab_id: str, events: Events) -> N
 
 
 def start(plan: Plan, backend: Backend, state: LabState, nodes: Sequence[NodePlan], events: Events, *,
-          wait: bool = True, timeout: float = READY_TIMEOUT, clock: Clock = time.monotonic,
+          wait: bool = True, timeout: float | None = None, clock: Clock = time.monotonic,
           sleep: Sleep = time.sleep) -> None:
-    """Start ``nodes`` (in boot order) and (``wait``) wait until they are ready again."""
+    """Start ``nodes`` (in boot order) and (``wait``) wait until they are ready again (by default for the
+    budget table's host timeout under the hypervisor's accelerator)."""
+    check_state(plan, backend, state)
+    if plan.accel is None:
+        plan = plan.with_accel(choose_lab_accel(plan, backend, events).kind)
     with lab_lock(state, "start", clock=clock, sleep=sleep):
         offsets = start_nodes(nodes, backend, events.step)
         if wait:
-            await_ready(plan, backend, state, nodes, offsets, events, timeout=timeout, clock=clock, sleep=sleep)
+            await_ready(plan, backend, state, nodes, offsets, events, timeout=timeout or plan.budget.host_timeout,
+                        clock=clock, sleep=sleep)
 
 
 def stop(plan: Plan, backend: Backend, state: LabState, nodes: Sequence[NodePlan], events: Events, *,
@@ -222,12 +261,29 @@ def status(plan: Plan, backend: Backend, state: LabState) -> list[NodeStatus]:
     for node in plan.nodes:
         found = domains.pop(node.domain_name, None)
         addresses = tuple(str(nic.address.ip) for nic in node.nics)
-        rows.append(NodeStatus(node.name, node.role, node.domain_name, found.state if found else "missing", addresses))
+        phase, error = _console_phase(backend.console_log(node), node.name) if found else ("-", None)
+        rows.append(NodeStatus(node.name, node.role, node.domain_name, found.state if found else "missing", addresses,
+                               phase, error))
     for extra in domains.values():
         tag = extra.tag
         rows.append(NodeStatus(tag.node if tag else extra.name, tag.role if tag else "?", extra.name,
                                f"{extra.state} (not in plan)", ()))
     return rows
+
+
+def _console_phase(path: Path | None, name: str) -> tuple[str, str | None]:
+    """The node's last phase in its console log and, after a failure, its own line ("-": not readable)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace") if path is not None else None
+    except OSError:
+        text = None
+    if text is None:
+        return "-", None
+    events = parse_phases(text, name)
+    if not events:
+        return "booting", None
+    last = events[-1]
+    return (f"failed {last.step}" if last.step else last.phase), last_error(name, text)
 
 
 _REMOVAL_ORDER = {"domain": 0, "volume": 1, "network": 2}

@@ -15,7 +15,6 @@ from labctl.lab.plan import NodePlan, Plan
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
 
-READY_TIMEOUT = 2700  # seconds `up` and `start` wait for readiness (a cold cluster under TCG is slow)
 SSH_READ_TIMEOUT = 30  # seconds for one ssh read of a node's phase
 MAX_READERS = 8
 

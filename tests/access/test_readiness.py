@@ -219,14 +219,18 @@ def test_a_failure_read_over_ssh_shows_the_step_and_cloud_init_tail():
 
 @pytest.fixture
 def node_shell(tmp_path):
-    """REMOTE_PHASE in a real bash, its two paths moved into tmp_path and sudo a pass-through stub."""
+    """REMOTE_PHASE in a real bash, its phase file moved into tmp_path, sudo a pass-through stub and journalctl
+    one that prints the bootstrap's output (a file here) as `-n 30` would."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
     (bin_dir / "sudo").chmod(0o755)
-    phase, log = tmp_path / "run" / "phase", tmp_path / "cloud-init-output.log"
-    assert REMOTE_PHASE.count("/run/labctl/phase") == REMOTE_PHASE.count("/var/log/cloud-init-output.log") == 1
-    command = REMOTE_PHASE.replace("/run/labctl/phase", str(phase)).replace("/var/log/cloud-init-output.log", str(log))
+    phase, log = tmp_path / "run" / "phase", tmp_path / "bootstrap.log"
+    (bin_dir / "journalctl").write_text(f'#!/bin/sh\necho "$@" | grep -q -- "-u labctl-bootstrap.service -n 30" '
+                                        f'&& exec tail -n 30 {log}\nexit 1\n')
+    (bin_dir / "journalctl").chmod(0o755)
+    assert REMOTE_PHASE.count("/run/labctl/phase") == 1
+    command = REMOTE_PHASE.replace("/run/labctl/phase", str(phase))
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
     def run():
@@ -243,7 +247,7 @@ def test_remote_phase_query_in_a_real_shell(node_shell):
     phase.write_text("kubeadm-init\n")
     assert run() == (0, "kubeadm-init\n")
     phase.write_text("failed kubeadm-init\n")
-    code, out = run()  # cloud-init's log is missing: the failure still comes through, exit 0
+    code, out = run()  # the bootstrap's journal is unreadable: the failure still comes through, exit 0
     assert code == 0 and out.startswith("failed kubeadm-init\n") and "No such file" in out
     log.write_text("".join(f"line {i}\n" for i in range(50)))
     code, out = run()

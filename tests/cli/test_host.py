@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,8 @@ def define_lab(backend, plan, running=True):
 
     image = BaseImage(Path("/base.qcow2"), "sha512:ab", "qcow2")
     backend.ensure_base_image(image)
+    state = LabState.for_lab(plan.lab.name)
+    state.save_record({**state.record(), "name": plan.lab.name, "id": "0123456789ab"})
     for node in plan.nodes:
         tag = node_tag(plan.lab.name, "0123456789ab", node.role, node.name)
         backend.ensure_node(NodeRequest(node, tag, b"seed", Accel(TCG, "test"), image))
@@ -265,3 +268,76 @@ def test_shell_completion_of_commands_and_node_names():
     assert [item.value for item in complete.get_completions(["--name", "dev", "stop", "gateway"], "w")] == [
         "worker1", "worker2"]
     assert complete.get_completions(["--config", "/nonexistent.yaml", "logs"], "") == []
+
+
+def test_status_shows_each_nodes_phase_and_a_failed_nodes_own_line(capsys, backend, tmp_path):
+    define_lab(backend, plan_lab(load_lab()))
+    (tmp_path / "k8s-worker1.console.log").write_text(
+        "labctl-phase: worker1 kubeadm-join\nlabctl-error: worker1 kubeadm-join: kubeadm join exited 1 (attempt 2 "
+        "of 2): error execution phase preflight\nlabctl-phase: worker1 failed kubeadm-join\n")
+    (tmp_path / "k8s-master1.console.log").write_text("labctl-phase: master1 ready\n")
+    code, out, _ = run(capsys, "status")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line and not line.startswith("worker1:")}
+    assert rows["master1"][4] == "ready" and rows["worker1"][4:6] == ["failed", "kubeadm-join"]
+    assert rows["gateway"][4] == "-"  # no console log (yet)
+    assert out.splitlines()[-1] == ("worker1: kubeadm-join: kubeadm join exited 1 (attempt 2 of 2): error execution "
+                                    "phase preflight")
+
+
+def test_up_retry_failed_asks_every_node_and_waits_for_the_retried_ones(capsys, backend, created, monkeypatch,
+                                                                        tmp_path):
+    from labctl.guest.cloudconfig import RETRY
+
+    plan = plan_lab(load_lab())
+    define_lab(backend, plan)
+    log = tmp_path / "k8s-worker1.console.log"
+    log.write_text("labctl-phase: worker1 failed packages\n")
+    asked = []
+
+    def retry(argv, timeout):
+        asked.append(argv[-4:])
+        if argv[-4].endswith(str(plan.node("worker1").internal.address.ip)):
+            # The restarted bootstrap prints on the console after the retry returned.
+            threading.Timer(0.5, lambda: log.write_text(log.read_text() + "labctl-phase: worker1 start\n"
+                                                        "labctl-phase: worker1 ready\n")).start()
+            return "labctl-phase: worker1 start\nlabctl: worker1: retrying from packages\n"
+        return "labctl: x: not failed (ready)\n"
+
+    monkeypatch.setattr(access, "run_output", retry)
+    from labctl.ops import cnisupply, imagesupply
+    from tests.guest.manifests import FLANNEL
+
+    monkeypatch.setattr(cnisupply, "cni_for_plan", lambda the_plan: FLANNEL)
+    monkeypatch.setattr(imagesupply, "image_for_lab",
+                        lambda lab, quiet: backend_image())
+    monkeypatch.setattr("labctl.ops.preflight.refuse_unready_host", lambda the_plan, the_backend: None)
+    for node in plan.node_names:
+        if node != "worker1":
+            (tmp_path / f"k8s-{node}.console.log").write_text(f"labctl-phase: {node} ready\n")
+    code, _, err = run(capsys, "up", "--retry-failed")
+    assert code == 0, err
+    assert [command[1:] for command in asked] == [["sudo", "-n", RETRY]] * len(plan.node_names)
+    assert "worker1: retrying from packages" in err.splitlines() and "worker1: ready" in err
+
+
+def backend_image():
+    from labctl.backends.base import BaseImage
+
+    return BaseImage(Path("/base.qcow2"), "sha512:ab", "qcow2")
+
+
+def test_up_refuses_objects_whose_state_directory_is_gone_and_creates_nothing(capsys, backend, isolated_home):
+    plan = plan_lab(load_lab())
+    define_lab(backend, plan)
+    state = LabState.for_lab("k8s")
+    shutil.rmtree(state.root)  # the lab's machines are there, its keys and CAs are not
+    before = sorted(backend.domains)
+    code, out, err = run(capsys, "up", "--no-wait")
+    assert code == 1 and out == ""
+    [line] = [line for line in err.splitlines() if line.startswith("labctl: error:")]
+    assert line.startswith("labctl: error: lab k8s: fake:/// holds its objects (lab id 0123456789ab) but its state "
+                           f"directory {state.root} is missing")
+    assert "restore that directory" in line and "labctl --name k8s destroy --yes" in line
+    assert not state.root.exists() and sorted(backend.domains) == before
+    assert not any(call[0] == "start" for call in backend.calls)

@@ -1,5 +1,6 @@
 """The click layer: exit codes, stdout for data, stderr for messages, one-line errors."""
 
+import hashlib
 import json
 import os
 import stat
@@ -17,6 +18,7 @@ from labctl.lab.config import load_lab
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
+from tests.guest.manifests import FLANNEL
 
 
 def run(args, **kwargs):
@@ -30,13 +32,13 @@ def test_plan_table_and_json():
     assert result.exit_code == 0, result.output
     assert "master3" in result.output and "k8s-worker2" in result.output
     result = CliRunner().invoke(cli, ["plan", "--output", "json"])
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert [n["name"] for n in data["nodes"]][:2] == ["gateway", "lb1"]
     assert data["api"]["name"] == "api.k8s.internal"
 
 
 def test_name_override_on_the_command_line():
-    data = json.loads(CliRunner().invoke(cli, ["--name", "dev", "plan", "-o", "json"]).output)
+    data = json.loads(CliRunner().invoke(cli, ["--name", "dev", "plan", "-o", "json"]).stdout)
     assert data["lab"] == "dev" and data["nodes"][0]["domain"] == "dev-gateway"
 
 
@@ -67,7 +69,12 @@ def test_usage_errors_exit_2():
 
 def test_render_writes_every_artifact_and_leaves_the_state_alone(tmp_path, isolated_home):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["--connect", "test:///default", "render", str(out)])
+    config = tmp_path / "lab.yaml"
+    manifest = tmp_path / "kube-flannel.yml"
+    manifest.write_text(FLANNEL)
+    digest = hashlib.sha256(FLANNEL.encode()).hexdigest()
+    config.write_text(f"kubernetes: {{cni_manifest: {{path: {manifest}, sha256: {digest}}}}}\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "--connect", "test:///default", "render", str(out)])
     assert result.exit_code == 0, result.output
     assert "does not exist here: its secrets and id in these files are throwaway" in result.stderr
     assert not (isolated_home / "data" / "labctl").exists()
@@ -88,6 +95,8 @@ def test_render_works_where_libvirt_is_not_running(tmp_path, isolated_home):
     assert result.exit_code == 0, result.output
     assert f"cannot connect to libvirt at {down}" in result.stderr
     assert "rendering with the defaults of a fresh host" in result.stderr
+    # render never downloads: the default lab's CNI manifest is not cached in this fresh home
+    assert "the CNI manifest is not cached: master1's seed carries a comment naming it instead" in result.stderr
     domain = ET.parse(out / "master1" / "domain.xml").getroot()
     assert domain.findtext("name") == "k8s-master1"
     assert [d.get("volume") for d in domain.iter("source") if d.get("pool") == "labctl"] == [
@@ -169,3 +178,22 @@ def test_loose_secret_files_are_tightened_at_startup(isolated_home):
     assert CliRunner().invoke(cli, ["ssh-config"]).exit_code == 0
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+
+
+def test_plan_says_what_the_minor_needs_and_warns_about_an_end_of_life_one(tmp_path):
+    result = CliRunner().invoke(cli, ["plan"])
+    assert result.exit_code == 0
+    assert "Kubernetes 1.35: kubeadm kubeadm.k8s.io/v1beta4, containerd ≥ 1.7" in result.stdout
+    assert "Accelerator auto (resolved by `up`; budgets shown for tcg)" in result.stdout
+    old = tmp_path / "old.yaml"
+    old.write_text('kubernetes: {version: "1.31"}\n')
+    result = CliRunner().invoke(cli, ["--config", str(old), "plan"])
+    assert result.exit_code == 0
+    assert "labctl: warning: kubernetes.version: Kubernetes 1.31 is past its end of upstream support (2025-10-28)" \
+        in result.stderr
+    new = tmp_path / "new.yaml"
+    new.write_text('kubernetes: {version: "1.36"}\n')
+    refused = run(["--config", str(new), "plan"])
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("labctl: error: kubernetes.version: Kubernetes 1.36 needs containerd ≥ 2.0")
+    assert len(refused.stderr.splitlines()) == 1

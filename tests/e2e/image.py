@@ -41,7 +41,7 @@ PACKAGES = ("haproxy", "dnsmasq", "nftables", "keepalived", "containerd", "connt
             "python3-yaml")
 # Installing a package enables its service; labctl's builder (images/customize.sh) disables the
 # role daemons again, and each role enables what it uses.
-STANDIN_VERSION = "1.31.0-1.1+labctl.standin"
+STANDIN_VERSION = "1.35.0-1.1+labctl.standin"  # the version table's default minor (images/kubernetes.yaml)
 BUILD_LOCK_TIMEOUT = 3600.0  # seconds to wait for another run building the same image
 LIB = "usr/lib/labctl-standin"
 DEBS_IN_IMAGE = "/tmp/labctl-standin-debs"
@@ -102,6 +102,7 @@ def package_trees(version: str = STANDIN_VERSION) -> dict[str, tuple[dict[str, s
             {**common, "Depends": "python3, python3-yaml, openssl",
              "Description": "labctl e2e recording stand-ins for kubeadm, kubelet, kubectl (test image only)"},
             {f"{LIB}/standin.py": read("standin.py"), f"{LIB}/fake_apiserver.py": read("fake_apiserver.py"),
+             f"{LIB}/VERSION": f"{version}\n".encode(),
              "usr/lib/systemd/system/labctl-fake-apiserver.service": read("labctl-fake-apiserver.service")},
         ),
         "kubeadm": ({**common, "Depends": "labctl-standin, kubelet", "Description": "kubeadm stand-in"},

@@ -63,19 +63,24 @@ class Timings:
 
 
 def lab_yaml(name: str, image: Mapping[str, str], *, masters: int, workers: int,
-             cni: tuple[str, str] | None = None, memory: int = 512, disk: int = 4) -> str:
-    """lab.yaml of an e2e lab: TCG, the smallest sizes the roles allow, the test image."""
+             cni: tuple[str, str] | None = None, memory: int = 512, disk: int = 4, k8s_memory: int | None = None,
+             extra: Mapping[str, Any] | None = None) -> str:
+    """lab.yaml of an e2e lab: TCG, the smallest sizes the roles allow, the test image; ``extra`` is
+    merged in (apt_mirror, kubernetes.apt_url, more node roles…)."""
     size = {"cpus": 1, "memory": memory, "disk": disk}
+    k8s_size = {**size, "memory": k8s_memory or memory}
     data: dict[str, Any] = {
         "name": name,
         "accel": "tcg",
         "image": dict(image),
         "kubernetes": {"enforce_minimums": False},
-        "nodes": {"gateway": size, "lb": size, "master": {**size, "count": masters},
-                  "worker": {**size, "count": workers}},
+        "nodes": {"gateway": size, "lb": size, "master": {**k8s_size, "count": masters},
+                  "worker": {**k8s_size, "count": workers}},
     }
     if cni is not None:
         data["kubernetes"]["cni_manifest"] = {"url": cni[0], "sha256": cni[1]}
+    for key, value in (extra or {}).items():
+        data[key] = {**data[key], **value} if isinstance(value, Mapping) and key in data else value
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -207,17 +212,18 @@ def phase_timeline(lines: Sequence[tuple[float, str]], nodes: Sequence[str]) -> 
 
 
 class NetnsServer:
-    """netns_server.py inside the namespace: /whoami and /cni.yaml on 0.0.0.0:PORT; ended by its pid."""
+    """netns_server.py inside the namespace on 0.0.0.0:PORT: /whoami and the files of ``routes``
+    (URL prefix -> file or directory); ended by its pid."""
 
-    def __init__(self, netns: str, port: int, manifest: Path, log: Path) -> None:
-        self.netns, self.port, self.manifest, self.log = netns, port, manifest, log
+    def __init__(self, netns: str, port: int, log: Path, routes: Mapping[str, Path] | None = None) -> None:
+        self.netns, self.port, self.log, self.routes = netns, port, log, dict(routes or {})
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 20) -> NetnsServer:
         # `ip netns exec` execs the command: the pid we get is the server's own.
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, sys.executable, str(HERE / "netns_server.py"), str(self.port),
-             str(self.manifest), str(self.log)],
+             str(self.log), *(f"{prefix}={path}" for prefix, path in self.routes.items())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         ready: list[str] = []

@@ -1,14 +1,17 @@
-"""``python -m tests.e2e.sabotage NODE ARGS...``: labctl ARGS, with NODE's kubeadm config broken in its seed.
+"""``python -m tests.e2e.sabotage NODE ARGS...``: labctl ARGS, with NODE's kubeadm config broken in its seed;
+``python -m tests.e2e.sabotage --files SPEC ARGS...``: labctl ARGS, with the files of SPEC (JSON: node ->
+{path: content}) added to those nodes' seeds (the drills' files: an apt pin, a stand-in's failure switch).
 
-The e2e sabotage case: every seed ISO passes through ``labctl.guest.seed.build_seed_iso``; this wraps it
-so that NODE's user-data gets unparsable text in place of /etc/labctl/kubeadm.yaml. Nothing else
-changes, so ``labctl up`` must report NODE failing at its kubeadm step. Test code only.
+Every seed ISO passes through ``labctl.guest.seed.build_seed_iso``; this wraps it so that the named
+node's user-data changes as said, and nothing else does. Test code only.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import yaml
 
@@ -18,6 +21,8 @@ from labctl.cli.main import main
 
 KUBEADM_CONFIG = "/etc/labctl/kubeadm.yaml"
 BROKEN = "this is: [not a kubeadm configuration\n"
+Build = Callable[[Mapping[str, bytes]], bytes]
+Change = Callable[[bytes], bytes]
 
 
 def break_user_data(user_data: bytes) -> bytes:
@@ -31,20 +36,35 @@ def break_user_data(user_data: bytes) -> bytes:
     return ("#cloud-config\n" + yaml.safe_dump(data, sort_keys=False)).encode()
 
 
-def sabotaging(node: str, build):  # type: ignore[no-untyped-def]
+def with_files(files: Mapping[str, str]) -> Change:
+    """A change of user-data that adds ``files`` (path -> content) to its write_files."""
+
+    def change(user_data: bytes) -> bytes:
+        data = yaml.safe_load(user_data)
+        data["write_files"] += [{"path": path, "content": content, "owner": "root:root", "permissions": "0644"}
+                                for path, content in files.items()]
+        return ("#cloud-config\n" + yaml.safe_dump(data, sort_keys=False)).encode()
+
+    return change
+
+
+def sabotaging(changes: Mapping[str, Change], build: Build) -> Build:
     def build_seed_iso(files: Mapping[str, bytes]) -> bytes:
-        meta = yaml.safe_load(files["meta-data"])
-        if meta.get("local-hostname") == node:
-            files = {**files, "user-data": break_user_data(files["user-data"])}
+        node = yaml.safe_load(files["meta-data"]).get("local-hostname")
+        if node in changes:
+            files = {**files, "user-data": changes[node](files["user-data"])}
         return build(files)
 
     return build_seed_iso
 
 
 def run(argv: list[str]) -> None:
-    node, args = argv[0], argv[1:]
-    original = labctl.guest.seed.build_seed_iso
-    wrapped = sabotaging(node, original)
+    if argv[0] == "--files":
+        spec = json.loads(Path(argv[1]).read_text())
+        changes, args = {node: with_files(files) for node, files in spec.items()}, argv[2:]
+    else:
+        changes, args = {argv[0]: break_user_data}, argv[1:]
+    wrapped = sabotaging(changes, labctl.guest.seed.build_seed_iso)
     for module in (labctl.guest.seed, labctl.ops.lifecycle):  # lifecycle imported the name itself
         module.build_seed_iso = wrapped  # type: ignore[attr-defined]
     main(args)

@@ -1,8 +1,11 @@
 """The running lab the e2e checks look at: image, private libvirtd, namespace server, ``labctl up``.
 
-:func:`running_lab` sets everything up and yields an :class:`E2E`; leaving it, whatever happened,
-destroys the lab, ends every process it started by its pid (the namespace server, the daemons and
-their qemu and dnsmasq) and deletes the namespace. Timings of every phase go to ``timings.json``.
+:func:`lab_session` is what every e2e lab shares (timings, a short base directory, the private
+libvirtd in its namespace, an exit stack that undoes everything whatever happened, the consoles kept
+with the test's files). :func:`running_lab` builds the main lab on it and yields an :class:`E2E`;
+leaving it destroys the lab, ends every process it started by its pid (the namespace server, the
+daemons and their qemu and dnsmasq) and deletes the namespace. Timings of every phase go to
+``timings.json``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from labctl.access.readiness import console_tail
+from labctl.image.build import BuiltImage
 from tests.e2e.image import e2e_image
-from tests.e2e.lab import Lab, NetnsServer, Timings, lab_yaml, phase_timeline, plan_of
+from tests.e2e.lab import Lab, NetnsServer, Timings, lab_yaml, phase_timeline
+from tests.guest.manifests import FLANNEL
 from tests.harness.libvirtd import PrivateLibvirtd, can_run
 from tests.httpserver import HTTPTestServer
 from tests.labenv import lab_env
@@ -37,13 +44,9 @@ CA_FILES = ("ca.crt", "ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "etc
             "sa.key", "sa.pub")
 CLOCK_SKEW = 5.0  # seconds two guests' clocks may disagree (all start from the host's RTC)
 STANDIN_DIR = "/var/lib/labctl-standin"
-CNI_MANIFEST = b"""\
-# labctl e2e: the CNI manifest served inside the namespace; the kubectl stand-in records it.
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: labctl-e2e-cni, namespace: kube-system}
-data: {marker: labctl-e2e}
-"""
+# flannel's manifest as the test's server on 127.0.0.1 serves it to labctl on the host, which verifies,
+# adapts and carries it to master1; the kubectl stand-in records what it applied.
+CNI_MANIFEST = ("# labctl-e2e: served by the test's HTTP server on the host\n" + FLANNEL).encode()
 
 
 def skip_reason() -> str | None:
@@ -52,6 +55,15 @@ def skip_reason() -> str | None:
         return why
     missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "dpkg-deb") if shutil.which(tool) is None]
     return f"missing {', '.join(missing)}" if missing else None
+
+
+def require(reason: str | None, what: str) -> None:
+    """Skip ``what`` for ``reason`` (printed), or fail instead under CI as root: CI must run every lab."""
+    if reason and os.geteuid() == 0 and os.environ.get("CI"):
+        pytest.fail(f"{what} cannot run: {reason} (CI must provide it: make test-deps)")
+    if reason:
+        print(f"{what} skipped: {reason}")
+        pytest.skip(reason)
 
 
 @dataclass
@@ -75,16 +87,13 @@ def lab_for(daemon: PrivateLibvirtd, work: Path, name: str, text: str) -> Lab:
     return Lab(config, env, daemon.netns, daemon.base_dir / "console", Path(env["XDG_DATA_HOME"]))
 
 
-def cni_for(text: str) -> tuple[str, str]:
-    """The manifest URL on the NAT network's host side (the namespace server), and its SHA-256."""
-    nat_host = plan_of(text).network("nat").host_address
-    assert nat_host is not None
-    return f"http://{nat_host.ip}:{NETNS_PORT}/cni.yaml", hashlib.sha256(CNI_MANIFEST).hexdigest()
+def serve_cni(server: HTTPTestServer, body: bytes = CNI_MANIFEST) -> tuple[str, str]:
+    """The manifest's URL on the test's server (127.0.0.1, where labctl fetches it), and its SHA-256."""
+    return server.add("/cni.yaml", body), hashlib.sha256(body).hexdigest()
 
 
-def lab_text(name: str, image: dict[str, str], masters: int, workers: int) -> str:
-    first = lab_yaml(name, image, masters=masters, workers=workers)
-    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni_for(first))
+def lab_text(name: str, image: dict[str, str], masters: int, workers: int, cni: tuple[str, str]) -> str:
+    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni)
 
 
 def destroy_lab(lab: Lab) -> None:
@@ -130,22 +139,27 @@ def boot_profile(lab: Lab, node: str, work: Path, timeout: float = 240) -> list[
     return lines
 
 
+@dataclass
+class Session:
+    """What every e2e lab shares: its timings, its base directory (short: unix socket paths are limited
+    to 107 bytes), the private libvirtd in its own network namespace, and the stack that undoes it all."""
+
+    timings: Timings
+    base: Path
+    stack: contextlib.ExitStack
+    daemon: PrivateLibvirtd
+
+
 @contextlib.contextmanager
-def running_lab(work: Path) -> Iterator[E2E]:
-    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up`."""
+def lab_session(work: Path, label: str, report: Path | None = TIMINGS_REPORT) -> Iterator[Session]:
+    """Start the private libvirtd; whatever happens, undo everything pushed on ``stack`` (last in, first
+    out: the callers' labs are destroyed before the daemon stops), keep the consoles with the test's
+    files, and write the timings (to ``work/timings.json`` and ``report``)."""
     timings = Timings()
-    base = Path("/tmp") / f"lc-{os.getpid()}-e2e"  # short: unix socket paths are limited to 107 bytes
+    base = Path("/tmp") / f"lc-{os.getpid()}-{label}"
     base.mkdir(exist_ok=True)
     stack = contextlib.ExitStack()
     try:
-        with timings.measure("image: build or take from cache"):
-            image, built = e2e_image(log=lambda line: print(f"[e2e image] {line}", flush=True))
-        timings.notes["image"] = {"built": built, "path": str(image.path), "bytes": image.path.stat().st_size}
-        server = stack.enter_context(HTTPTestServer())
-        handle = stack.enter_context(image.path.open("rb"))
-        body = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-        entry = {"name": "labctl-e2e", "url": server.add("/labctl-e2e.qcow2", body), "sha512": image.sha512,
-                 "kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
         # Runs last (LIFO): the consoles are kept with the test's files, the rest (pool: ~600 MiB) goes.
         stack.callback(keep_consoles_and_remove, base, work)
         with timings.measure("private libvirtd in a new network namespace"):
@@ -153,11 +167,41 @@ def running_lab(work: Path) -> Iterator[E2E]:
             stack.callback(daemon.stop)
             daemon.start()
         (base / "console").mkdir(exist_ok=True)
-        text = lab_text(LAB, entry, masters=3, workers=1)
-        lab = lab_for(daemon, work, LAB, text)
-        manifest = work / "cni.yaml"
-        manifest.write_bytes(CNI_MANIFEST)
-        netns_server = NetnsServer(daemon.netns, NETNS_PORT, manifest, work / "netns-server.jsonl")
+        yield Session(timings, base, stack, daemon)
+    finally:
+        with timings.measure("teardown: destroy, end processes, delete namespace"):
+            stack.close()
+        print(timings.table(), flush=True)
+        timings.save(work / "timings.json")
+        if report is not None:
+            report.parent.mkdir(exist_ok=True)
+            timings.save(report)  # shown at the end of the test run (tests/conftest.py)
+        print(f"[{label}] timings written to {work / 'timings.json'}" + (f" and {report}" if report else ""),
+              flush=True)
+
+
+def served_image(stack: contextlib.ExitStack, server: HTTPTestServer, image: BuiltImage) -> dict[str, str]:
+    """``image`` served by ``server`` (127.0.0.1) with its SHA-512: the lab.yaml ``image:`` entry, so that
+    labctl's real download-and-verify path runs."""
+    handle = stack.enter_context(image.path.open("rb"))
+    body = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+    return {"name": image.name, "url": server.add(f"/{image.name}.qcow2", body), "sha512": image.sha512,
+            "kernel": str(image.kernel), "initrd": str(image.initrd), "cmdline": image.cmdline}
+
+
+@contextlib.contextmanager
+def running_lab(work: Path) -> Iterator[E2E]:
+    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up`."""
+    with lab_session(work, "e2e") as session:
+        timings, stack, daemon = session.timings, session.stack, session.daemon
+        with timings.measure("image: build or take from cache"):
+            image, built = e2e_image(log=lambda line: print(f"[e2e image] {line}", flush=True))
+        timings.notes["image"] = {"built": built, "path": str(image.path), "bytes": image.path.stat().st_size}
+        server = stack.enter_context(HTTPTestServer())
+        entry = served_image(stack, server, image)
+        cni = serve_cni(server)
+        lab = lab_for(daemon, work, LAB, lab_text(LAB, entry, masters=3, workers=1, cni=cni))
+        netns_server = NetnsServer(daemon.netns, NETNS_PORT, work / "netns-server.jsonl")
         stack.callback(netns_server.stop)
         netns_server.start()
         stack.callback(destroy_lab, lab)
@@ -166,13 +210,6 @@ def running_lab(work: Path) -> Iterator[E2E]:
         timings.notes["up_phases"] = phase_timeline(lines, MAIN_NODES)
         assert code == 0, f"labctl up exited {code}:\n{failure_report(lab, lines)}"
         assert server.seen("/labctl-e2e.qcow2"), "labctl did not download the image from the test server"
+        assert server.seen("/cni.yaml"), "labctl did not fetch the CNI manifest from the test server"
         timings.notes["boot_profile_master1"] = boot_profile(lab, "master1", work)
-        yield E2E(lab, daemon, work, timings, netns_server, entry, cni_for(text))
-    finally:
-        with timings.measure("teardown: destroy, end processes, delete namespace"):
-            stack.close()
-        print(timings.table(), flush=True)
-        timings.save(work / "timings.json")
-        TIMINGS_REPORT.parent.mkdir(exist_ok=True)
-        timings.save(TIMINGS_REPORT)  # shown at the end of the test run (tests/conftest.py)
-        print(f"[e2e] timings written to {work / 'timings.json'} and {TIMINGS_REPORT}", flush=True)
+        yield E2E(lab, daemon, work, timings, netns_server, entry, cni)

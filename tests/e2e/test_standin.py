@@ -237,3 +237,42 @@ def test_standin_hooks_go_after_the_builders_own_customize_hooks(tmp_path: Path)
     assert argv[-3:] == ["trixie", "/root", "deb x"]
     assert any("dpkg -i /tmp/labctl-standin-debs/kubeadm.deb" in arg for arg in argv)
     assert seen[1] == ["qemu-img", "convert"]
+
+
+def test_kubeadm_reset_removes_what_the_real_one_removes_and_records_it(root: Path) -> None:
+    assert tool(root, "kubeadm", "init", "--config", write(root, "/etc/k.yaml", INIT_CONFIG)).returncode == 0
+    manifests = root / "etc/kubernetes/manifests"
+    manifests.mkdir(parents=True)
+    (manifests / "etcd.yaml").write_text("kind: Pod\n")
+    done = tool(root, "kubeadm", "reset", "-f", "--cri-socket", "unix:///var/run/containerd/containerd.sock")
+    assert done.returncode == 0, done.stderr
+    entry = calls(root)[-1]
+    assert entry["argv"][:2] == ["reset", "-f"] and entry["exit"] == 0
+    assert {"/etc/kubernetes/admin.conf", "/etc/kubernetes/kubelet.conf", "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubernetes/pki/apiserver.key", "/etc/kubernetes/manifests/etcd.yaml"} <= set(entry["removed"])
+    assert not any((root / "etc/kubernetes/pki").rglob("*.*")) and not (root / "etc/kubernetes/admin.conf").exists()
+
+
+def test_an_init_fails_once_on_purpose_after_writing_kubelet_conf(root: Path) -> None:
+    write(root, "/var/lib/labctl-standin/fail-init-once", "drill\n")
+    config = write(root, "/etc/k.yaml", INIT_CONFIG)
+    failed = tool(root, "kubeadm", "init", "--config", config)
+    assert failed.returncode == 1 and "error execution phase wait-control-plane" in failed.stderr
+    assert (root / "etc/kubernetes/kubelet.conf").exists()
+    assert tool(root, "kubeadm", "init", "--config", config).returncode == 0  # once only
+    assert [(c["argv"][0], c["exit"]) for c in calls(root)] == [("init", 1), ("init", 0)]
+    assert calls(root)[0]["error"].startswith("sabotaged: ")
+
+
+def test_every_join_fails_while_the_drill_file_exists(root: Path) -> None:
+    write(root, "/var/lib/labctl-standin/fail-join", "drill\n")
+    config = write(root, "/etc/k.yaml", join_config("127.0.0.1:1", False, "sha256:" + "0" * 64))
+    for _ in range(2):
+        assert tool(root, "kubeadm", "join", "--config", config).returncode == 1
+    assert [(c["argv"][0], c["exit"]) for c in calls(root)] == [("join", 1), ("join", 1)]
+
+
+def test_the_standins_play_the_version_they_are_packaged_as(root: Path) -> None:
+    assert tool(root, "kubeadm", "version", "-o", "short").stdout.strip() == "v1.35.0"  # no package: the default
+    write(root, "/usr/lib/labctl-standin/VERSION", "1.34.2-1.1+labctl.standin\n")
+    assert tool(root, "kubeadm", "version", "-o", "short").stdout.strip() == "v1.34.2"

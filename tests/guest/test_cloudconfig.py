@@ -9,13 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from labctl.guest.cloudconfig import BOOTSTRAP, ROLE_SCRIPTS, role_config, role_phases
+from labctl.guest.cloudconfig import BOOTSTRAP, BOOTSTRAP_UNIT, ROLE_SCRIPTS, role_config, role_phases
 from labctl.guest.seed import render_user_data
 from labctl.lab.config import load_lab, parse_lab
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
 from labctl.resources import read_text
+from tests.guest.manifests import with_cni
 
 BIG = "nodes: {lb: {count: 2}, master: {count: 5}}\n"
 CA_FILES = ("ca", "front-proxy-ca", "etcd/ca")
@@ -23,12 +24,12 @@ CA_FILES = ("ca", "front-proxy-ca", "etcd/ca")
 
 @pytest.fixture(scope="module")
 def big_plan():
-    return plan_lab(parse_lab(BIG, "big lab"))
+    return with_cni(plan_lab(parse_lab(BIG, "big lab")))
 
 
 @pytest.fixture(scope="module")
 def plan():
-    return plan_lab(load_lab())
+    return with_cni(plan_lab(load_lab()))
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,12 @@ def files_of(config):
 def test_every_role_runs_bootstrap_with_an_argv_list(plan, secrets):
     for node in plan.nodes:
         config = role_config(plan, node, secrets)
-        assert config["runcmd"] == [[BOOTSTRAP, node.role]]
+        assert config["runcmd"] == [["systemctl", "daemon-reload"],
+                                    ["systemctl", "enable", "--now", "--no-block", BOOTSTRAP_UNIT]]
         files = files_of(config)
         assert files[BOOTSTRAP]["permissions"] == "0755"
+        unit = files[f"/etc/systemd/system/{BOOTSTRAP_UNIT}"]["content"]
+        assert f"ExecStart={BOOTSTRAP}\n" in unit and "WantedBy=multi-user.target" in unit
         assert files[BOOTSTRAP]["content"] == read_text("cloud-init", "scripts/bootstrap")
         for script in ("lib.sh", *ROLE_SCRIPTS[node.role]):
             assert files[f"/usr/local/lib/labctl/{script}"]["content"] == read_text("cloud-init", f"scripts/{script}")
@@ -82,10 +86,12 @@ def test_role_files(big_plan, secrets):
     assert lb["/etc/labctl/kubernetes-ca.crt"]["content"] == secrets.kubernetes_ca.cert_pem
     master = files_of(role_config(big_plan, big_plan.node("master3"), secrets))
     for stem in CA_FILES:
-        assert master[f"/etc/kubernetes/pki/{stem}.key"]["permissions"] == "0600"
-        assert master[f"/etc/kubernetes/pki/{stem}.crt"]["permissions"] == "0644"
-    assert master["/etc/kubernetes/pki/sa.key"]["content"] == secrets.service_account.private_pem
-    assert master["/etc/kubernetes/pki/sa.pub"]["content"] == secrets.service_account.public
+        assert master[f"/etc/labctl/pki/{stem}.key"]["permissions"] == "0600"
+        assert master[f"/etc/labctl/pki/{stem}.crt"]["permissions"] == "0644"
+    assert master["/etc/labctl/pki/sa.key"]["content"] == secrets.service_account.private_pem
+    assert master["/etc/labctl/pki/sa.pub"]["content"] == secrets.service_account.public
+    assert {"/etc/labctl/containerd-1.toml", "/etc/labctl/containerd-2.toml"} <= master.keys()
+    assert "/etc/labctl/cni.yaml" not in master  # master1's alone
     assert master["/etc/labctl/kubeadm.yaml"]["permissions"] == "0600"
     assert "/etc/modules-load.d/labctl-k8s.conf" in master and "/etc/sysctl.d/90-labctl-k8s.conf" in master
     worker = files_of(role_config(big_plan, big_plan.node("worker1"), secrets))
@@ -110,23 +116,41 @@ def test_secrets_only_where_they_are_used(big_plan, secrets):
             assert (key.private_pem in text) == (other == node.name)
 
 
-def test_apt_mirror_only_when_the_lab_sets_one(secrets):
+def test_the_mirror_goes_to_the_bootstrap_not_to_cloud_inits_apt_module(secrets):
+    # Debian's images keep their sources whatever cloud-init's apt module is told (preserve_sources_list):
+    # the bootstrap writes them itself (APT_MIRROR in the env file).
     plan = plan_lab(parse_lab("apt_mirror: http://mirror.example/debian\n", "t"))
     config = role_config(plan, plan.node("worker1"), secrets)
-    assert config["apt"] == {"primary": [{"arches": ["default"], "uri": "http://mirror.example/debian"}]}
+    assert "apt" not in config
+    assert "APT_MIRROR=http://mirror.example/debian\n" in files_of(config)["/etc/labctl/lab.env"]["content"]
+
+
+def test_master1_carries_the_adapted_cni_manifest_compressed(plan, secrets):
+    import base64
+    import gzip
+    import hashlib
+
+    entry = files_of(role_config(plan, plan.node("master1"), secrets))["/etc/labctl/cni.yaml"]
+    assert entry["encoding"] == "gz+b64"
+    text = gzip.decompress(base64.b64decode(entry["content"])).decode()
+    assert text == plan.cni_manifest
+    env = files_of(role_config(plan, plan.node("master1"), secrets))["/etc/labctl/lab.env"]["content"]
+    assert f"CNI_SHA256={hashlib.sha256(text.encode()).hexdigest()}\n" in env
+    assert len(entry["content"]) < len(text)  # flannel's 4.5 kB manifest takes about 1.6 kB of the seed
 
 
 def test_role_phases_are_the_ones_the_scripts_report(big_plan):
     scripts = "".join(read_text("cloud-init", f"scripts/{name}")
                       for name in ("bootstrap", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh"))
-    reported = set(re.findall(r"^\s*phase ([a-z-]+)$", scripts, re.M))
+    reported = set(re.findall(r"^\s*(?:phase|step) ([a-z-]+)", scripts, re.M))
     seen = set()
     for node in big_plan.nodes:
         phases = role_phases(big_plan, node)
         assert phases[0] == "start" and phases[-1] == "ready"
         seen.update(phases)
     assert seen == reported
-    assert role_phases(big_plan, big_plan.node("master1"))[-4:] == ("kubeadm-init", "cni", "kubeconfig", "ready")
+    assert role_phases(big_plan, big_plan.node("master1"))[-5:] == ("wait-lb", "kubeadm-init", "cni", "kubeconfig",
+                                                                    "ready")
     assert "wait-previous" in role_phases(big_plan, big_plan.node("master2"))
     assert "wait-api" in role_phases(big_plan, big_plan.node("worker1"))
     assert "keepalived" in role_phases(big_plan, big_plan.node("lb1"))

@@ -5,7 +5,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-from ipaddress import IPv4Network
 
 import pytest
 import yaml
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from labctl.errors import ConfigError, LabError
 from labctl.guest.kubeadm import kubeadm_api_version, kubeadm_documents
 from labctl.guest.roles import (
-    cni_manifest,
+    k8s_apt_url,
     lab_env,
     render_dnsmasq_conf,
     render_haproxy_cfg,
@@ -28,13 +27,14 @@ from labctl.lab.config import load_lab, parse_lab
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
+from tests.guest.manifests import with_cni
 
 BIG = "nodes: {lb: {count: 2}, master: {count: 5}}\n"
 
 
 @pytest.fixture(scope="module")
 def big_plan():
-    return plan_lab(parse_lab(BIG, "big lab"))
+    return with_cni(plan_lab(parse_lab(BIG, "big lab")))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def secrets(big_plan, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plan():
-    return plan_lab(load_lab())
+    return with_cni(plan_lab(load_lab()))
 
 
 def tool(name: str) -> str:
@@ -158,18 +158,23 @@ def test_lab_env_values_stay_in_the_safe_charset(big_plan):
     master3 = lab_env(big_plan, big_plan.node("master3"))
     assert master3["PREVIOUS_MASTER_ADDRESS"] == str(big_plan.node("master2").internal.address.ip)
     assert master3["API_CA"] == "/etc/kubernetes/pki/ca.crt"
-    assert int(master3["API_WAIT_TRIES"]) > int(lab_env(big_plan, big_plan.node("master2"))["API_WAIT_TRIES"])
+    assert master3["PREVIOUS_DEPENDS"] == f"master2@{big_plan.node('master2').internal.address.ip}"
+    assert int(master3["PREVIOUS_WAIT"]) > int(lab_env(big_plan, big_plan.node("master2"))["PREVIOUS_WAIT"])
+    master1 = lab_env(big_plan, big_plan.node("master1"))
+    assert master1["LB_DEPENDS"].split(",") == [f"lb{i}@{big_plan.node(f'lb{i}').internal.address.ip}" for i in (1, 2)]
+    assert master1["CNI_MANIFEST"] == "/etc/labctl/cni.yaml" and len(master1["CNI_SHA256"]) == 64
     worker = lab_env(big_plan, big_plan.node("worker1"))
-    assert worker["API_CA"] == "/etc/labctl/kubernetes-ca.crt" and "CNI_URL" not in worker
+    assert worker["API_CA"] == "/etc/labctl/kubernetes-ca.crt" and "CNI_SHA256" not in worker
+    assert [dep.split("@")[0] for dep in worker["API_DEPENDS"].split(",")] == ["master1", "lb1", "lb2"]
     assert lab_env(big_plan, big_plan.node("lb1"))["KEEPALIVED"] == "yes"
-    assert "K8S_VERSION" not in lab_env(big_plan, big_plan.node("gateway"))
+    gateway = lab_env(big_plan, big_plan.node("gateway"))
+    assert "K8S_VERSION" not in gateway and "DNS_WAIT" not in gateway and gateway["APT_MIRROR"] == ""
 
 
-@pytest.mark.parametrize("url", ["http://x.example/$(reboot)", "http://x.example/a;b", "http://x.example/a?b=c"])
-def test_lab_env_refuses_values_it_would_have_to_quote(url):
-    plan = plan_lab(parse_lab(f"kubernetes: {{cni_manifest: {{url: '{url}', sha256: {'a' * 64}}}}}\n", "t"))
-    with pytest.raises(ConfigError, match="CNI_URL"):
-        render_lab_env(plan, plan.node("master1"))
+def test_lab_env_refuses_values_it_would_have_to_quote():
+    plan = plan_lab(parse_lab("kubernetes: {apt_url: 'http://x.example/a;b/'}\n", "t"))
+    with pytest.raises(ConfigError, match="K8S_APT_URL"):
+        render_lab_env(plan, plan.node("worker1"))
 
 
 def test_k8s_package_pins():
@@ -177,21 +182,36 @@ def test_k8s_package_pins():
     env = lab_env(exact, exact.node("worker1"))
     assert env["K8S_PKG_VERSION"] == "1.30.5-"
     assert env["K8S_APT_URL"] == "https://pkgs.k8s.io/core:/stable:/v1.30/deb/"
+    assert env["K8S_APT_KEY_URL"] == "https://pkgs.k8s.io/core:/stable:/v1.30/deb/Release.key"
     minor = plan_lab(load_lab())
-    assert lab_env(minor, minor.node("worker1"))["K8S_PKG_VERSION"] == "1.31."
+    assert lab_env(minor, minor.node("worker1"))["K8S_PKG_VERSION"] == "1.35."
 
 
-def test_cni_catalog_is_pinned_and_overridable():
-    plan = plan_lab(load_lab())
-    flannel = cni_manifest(plan)
-    assert flannel.name == "flannel" and flannel.url.startswith("https://") and "/v0." in flannel.url
-    assert len(flannel.sha256) == 64 and flannel.pod_cidr == IPv4Network("10.244.0.0/16")
-    calico = cni_manifest(plan_lab(parse_lab("kubernetes: {cni: calico}\n", "t")))
-    assert calico.name == "calico" and len(calico.sha256) == 64 and calico.pod_cidr is None
-    override = plan_lab(parse_lab(f"kubernetes: {{cni_manifest: {{url: 'http://10.0.0.1:8000/cni.yaml', "
-                                  f"sha256: {'b' * 64}}}}}\n", "t"))
-    manifest = cni_manifest(override)
-    assert (manifest.url, manifest.sha256) == ("http://10.0.0.1:8000/cni.yaml", "b" * 64)
+def test_k8s_packages_from_a_repository_labctl_is_pointed_at(tmp_path):
+    key = tmp_path / "Release.key"
+    key.write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ\n-----END PGP PUBLIC KEY BLOCK-----\n")
+    lab = plan_lab(parse_lab("kubernetes: {apt_url: 'http://10.0.0.1:8080/k8s', apt_key: Release.key}\n", "t",
+                             base_dir=tmp_path))
+    assert k8s_apt_url(lab) == "http://10.0.0.1:8080/k8s/"
+    env = lab_env(lab, lab.node("worker1"))
+    assert env["K8S_APT_URL"] == "http://10.0.0.1:8080/k8s/" and env["K8S_APT_KEY_URL"] == ""  # the seed's file
+    assert lab.lab.kubernetes.apt_key == key.read_text()
+    by_url = plan_lab(parse_lab("kubernetes: {apt_url: 'http://m/k8s/', apt_key: 'http://m/key.asc'}\n", "t"))
+    assert lab_env(by_url, by_url.node("worker1"))["K8S_APT_KEY_URL"] == "http://m/key.asc"
+    (tmp_path / "bad.key").write_text("not a key")
+    with pytest.raises(ConfigError, match=r"kubernetes\.apt_key: .* is not an armored OpenPGP public key"):
+        parse_lab("kubernetes: {apt_key: bad.key}\n", "t", base_dir=tmp_path)
+
+
+def test_apt_mirror_in_the_env_file():
+    plain = plan_lab(parse_lab("apt_mirror: http://m.example/debian\n", "t"))
+    env = lab_env(plain, plain.node("lb1"))
+    assert (env["APT_MIRROR"], env["APT_MIRROR_UPDATES"], env["APT_SECURITY_MIRROR"]) == (
+        "http://m.example/debian", "no", "")
+    full = plan_lab(parse_lab("apt_mirror: {url: http://m.example/debian, updates: true, "
+                              "security: http://m.example/debian-security}\n", "t"))
+    env = lab_env(full, full.node("gateway"))
+    assert (env["APT_MIRROR_UPDATES"], env["APT_SECURITY_MIRROR"]) == ("yes", "http://m.example/debian-security")
 
 
 # --- kubeadm ----------------------------------------------------------------------------------
@@ -315,7 +335,7 @@ def test_kubeadm_config_values(big_plan, secrets):
     assert cluster["networking"] == {"podSubnet": str(spec.pod_cidr), "serviceSubnet": str(spec.service_cidr)}
     assert set(cluster["apiServer"]["certSANs"]) >= {big_plan.api_name, str(big_plan.api_address)}
     assert cluster["etcd"] == {"local": {"dataDir": "/var/lib/etcd"}}
-    assert cluster["kubernetesVersion"] == "stable-1.31"
+    assert cluster["kubernetesVersion"] == "stable-1.35"
     (token,) = init["bootstrapTokens"]
     assert token["token"] == secrets.bootstrap_token and token["ttl"] == "24h0m0s"
     assert "system:bootstrappers:kubeadm:default-node-token" in token["groups"]
@@ -352,6 +372,5 @@ def test_kubeadm_config_exact_version_and_relaxed_minimums(secrets):
 def test_kubeadm_config_refuses_other_roles_and_old_versions(plan, secrets):
     with pytest.raises(LabError):
         render_kubeadm_config(plan, plan.node("lb1"), secrets)
-    old = plan_lab(parse_lab('kubernetes: {version: "1.22"}\n', "t"))
-    with pytest.raises(ConfigError, match=r"kubernetes\.version"):
-        render_kubeadm_config(old, old.node("master1"), secrets)
+    with pytest.raises(ConfigError, match=r"kubernetes\.version: 1\.22 is not in labctl's version table"):
+        parse_lab('kubernetes: {version: "1.22"}\n', "t")

@@ -1,10 +1,14 @@
 """The node scripts: shellcheck-clean, and their phase reporting, bounded waits and the kubeadm, kubectl
 and curl calls run for real under /bin/sh with stand-in commands, in a temp dir (no traffic)."""
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,20 +18,13 @@ from labctl.guest.roles import render_lab_env
 from labctl.lab.config import load_lab
 from labctl.lab.plan import plan_lab
 from labctl.resources import data_file, read_text
+from tests.guest.manifests import FLANNEL, with_cni
 
-ENTRY_POINTS = ("bootstrap", "announce", "refresh")  # executables; the rest are sourced
+ENTRY_POINTS = ("bootstrap", "retry", "refresh")  # executables; the rest are sourced
 SCRIPTS = (*ENTRY_POINTS, "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
 STUB = """#!/bin/sh
 {{ for arg in "$@"; do printf '%s\\n' "$arg"; done; echo @@; }} >>"$STUB_LOG/{name}"
 {body}
-"""
-MANIFEST = """kind: ConfigMap
-data:
-  net-conf.json: |
-    {
-      "Network": "10.244.0.0/16",
-      "Backend": {"Type": "vxlan"}
-    }
 """
 
 
@@ -47,12 +44,15 @@ class Sandbox:
             (self.lib / name).write_text(read_text("cloud-init", f"scripts/{name}"))
         (self.lib / "bootstrap").chmod(0o755)
         self.console.write_text("")
-        plan = plan_lab(load_lab())
+        plan = with_cni(plan_lab(load_lab()))
         self.env = root / "lab.env"
         # The real env file of the node, then the test's overrides (later assignments win).
         self.env.write_text(render_lab_env(plan, plan.node(node)))
         self.run_dir = root / "run"
-        self.set(LABCTL_STATE_DIR=self.state, LABCTL_RUN_DIR=self.run_dir, LABCTL_CONSOLE=self.console)
+        self.set(LABCTL_STATE_DIR=self.state, LABCTL_RUN_DIR=self.run_dir, LABCTL_CONSOLE=self.console,
+                 WAIT_DELAY=0, POLICY_RC=root / "policy-rc.d", APT_ETC=root / "apt",
+                 OS_RELEASE=root / "os-release")
+        self.stub("systemctl")
 
     def set(self, **values: object) -> None:
         with self.env.open("a") as env:
@@ -193,6 +193,7 @@ def test_bootstrap_refuses_an_unknown_or_mismatched_role(box):
     assert result.returncode == 1
     assert box.console_lines() == ["labctl-phase: master1 start", "labctl-error: master1 start: role etcd given, "
                                    "but " + str(box.env) + " is for a master", "labctl-phase: master1 failed start"]
+    assert box.calls("systemctl")[0] == ["start", "labctl-beacon.service"]
     assert box.phase() == "failed start\n"
 
 
@@ -204,96 +205,240 @@ def test_bootstrap_of_a_ready_node_does_nothing(box):
     assert box.console_lines() == ["labctl-phase: master1 ready"]
 
 
-# --- the calls the end-to-end stand-ins must match --------------------------------------------
 
 
-def cni_box(box: Sandbox, digest: str, pod_cidr: str = "10.244.0.0/16") -> Path:
-    fixture = box.root / "served-manifest.yaml"
-    fixture.write_text(MANIFEST)
-    box.stub("curl", f'while [ $# -gt 0 ]; do [ "$1" = -o ] && cp "{fixture}" "$2"; shift; done')
-    box.stub("kubectl")
-    box.set(CNI_URL="http://203.0.113.9/cni.yaml", CNI_SHA256=digest, POD_CIDR=pod_cidr)
-    return fixture
+def test_a_failed_node_says_so_again_at_every_boot_and_runs_no_step(box):
+    box.state.mkdir()
+    (box.state / "phase").write_text("failed packages\n")
+    (box.state / "error").write_text("apt-get install haproxy failed 3 times\n")
+    result = box.bootstrap("master")
+    assert result.returncode == 1
+    assert box.console_lines() == ["labctl-error: master1 packages: apt-get install haproxy failed 3 times",
+                                   "labctl-phase: master1 failed packages"]
+    assert box.phase() == "failed packages\n"  # this boot's copy says it too (the host may read it over ssh)
+    assert box.calls("systemctl") == [["start", "labctl-beacon.service"]]  # the others learn it
 
 
-def test_cni_is_verified_adapted_and_applied(box):
-    digest = hashlib.sha256(MANIFEST.encode()).hexdigest()
-    cni_box(box, digest, pod_cidr="10.32.0.0/16")
-    result = box.sh("master_cni", "k8s-node.sh", "master.sh")
+def test_bootstrap_resumes_at_the_first_unfinished_step(tmp_path):
+    box = Sandbox(tmp_path, "gateway")
+    (box.state / "done").mkdir(parents=True)
+    for step in ("packages", "forwarding"):
+        (box.state / "done" / step).touch()
+    box.stub("nft")
+    box.stub("dnsmasq")
+    box.stub("install")
+    result = box.bootstrap("gateway")
     assert result.returncode == 0, result.stderr
-    (download,) = box.calls("curl")
-    assert download[-3:] == ["-o", f"{box.state}/cni.yaml.download", "http://203.0.113.9/cni.yaml"]
-    assert download[:4] == ["--fail", "--silent", "--show-error", "--location"]
-    applied = box.state / "cni.yaml"
-    assert box.calls("kubectl") == [["--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f", str(applied)]]
-    assert '"Network": "10.32.0.0/16"' in applied.read_text()
-    assert applied.read_text() == MANIFEST.replace("10.244.0.0/16", "10.32.0.0/16")
+    assert box.console_lines() == [f"labctl-phase: gateway {p}" for p in ("start", "firewall", "dns", "ready")]
+    assert sorted(p.name for p in (box.state / "done").iterdir()) == ["dns", "firewall", "forwarding", "packages"]
+    assert ["restart", "dnsmasq.service"] in box.calls("systemctl")
+    assert box.calls("systemctl")[-1] == ["stop", "labctl-beacon.service"]
 
 
-def test_cni_with_a_wrong_digest_is_never_applied(box):
-    cni_box(box, "0" * 64)
-    result = box.sh("phase cni; master_cni", "k8s-node.sh", "master.sh")
+def test_a_step_cut_short_by_a_shutdown_is_not_a_failure(box):
+    box.run_dir.mkdir()
+    (box.run_dir / "stopping").mkdir()  # the unit's ExecStop, before systemd kills the step
+    result = box.sh("trap on_exit EXIT; phase packages; false")
     assert result.returncode == 1
-    assert box.calls("kubectl") == []
-    assert box.console_lines()[-1] == "labctl-phase: master1 failed cni"
+    assert box.phase() == "packages\n" and not (box.state / "error").exists()
+    assert "interrupted by a shutdown; the next boot resumes it" in result.stdout
+    assert not any("failed" in line for line in box.console_lines())
 
 
-def test_joining_master_waits_for_the_previous_one_with_curl_and_the_ca(tmp_path):
-    box = Sandbox(tmp_path, "master2")
+def test_retry_clears_a_failure_and_restarts_the_bootstrap(box):
+    box.state.mkdir()
+    (box.state / "phase").write_text("failed kubeadm-join\n")
+    (box.state / "error").write_text("kubeadm join exited 1\n")
+    (box.state / "kubeadm.attempts").write_text("2\n")
+    retry = subprocess.run(["sh", str(box.lib / "retry"), str(box.env)], capture_output=True, text=True, timeout=30,
+                           env=box.environ())
+    assert retry.returncode == 0, retry.stderr
+    assert retry.stdout.splitlines() == ["labctl-phase: master1 start", "labctl: master1: retrying from kubeadm-join"]
+    assert box.phase() == "start\n" and not (box.state / "error").exists()
+    assert not (box.state / "kubeadm.attempts").exists()
+    assert box.calls("systemctl") == [["restart", "--no-block", "labctl-bootstrap.service"]]
+    again = subprocess.run(["sh", str(box.lib / "retry"), str(box.env)], capture_output=True, text=True, timeout=30,
+                           env=box.environ())
+    assert again.stdout == "labctl: master1: not failed (start)\n" and len(box.calls("systemctl")) == 1
+
+
+# --- waits on other nodes ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def beacon(directory: Path, phase: str):
+    """A node's phase beacon on 127.0.0.1 (what labctl-beacon.service serves), for the length of a test."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "phase").write_text(phase + "\n")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_wait_stops_at_once_when_the_node_it_waits_for_failed(box, tmp_path):
+    box.stub("getent", "exit 2")
+    with beacon(tmp_path / "gateway", "failed packages") as port:
+        box.set(BEACON_PORT=port, DNS_DEPENDS="gateway@127.0.0.1", DNS_WAIT=600)
+        result = box.sh("wait_for_lab_dns")
+    assert result.returncode == 1
+    assert box.phase() == "failed network\n"
+    assert ("labctl-error: master1 network: api.k8s.internal does not resolve via the gateway "
+            "10.213.51.1: waiting for node gateway, which failed at packages") in box.console_lines()
+    assert len(box.calls("getent")) == 1
+
+
+def test_a_wait_on_a_live_node_is_bounded_by_the_budget_and_names_it(box, tmp_path):
     box.stub("curl", "exit 7")
-    box.set(API_WAIT_TRIES=3, API_WAIT_DELAY=0)
-    result = box.sh('phase wait-previous; wait_for_apiserver wait-previous "$PREVIOUS_MASTER_ADDRESS" "master1"',
-                    "k8s-node.sh")
+    with beacon(tmp_path / "master1", "kubeadm-init") as port:
+        box.set(BEACON_PORT=port, API_DEPENDS="master1@127.0.0.1,lb1@127.0.0.1", API_WAIT=1, WAIT_DELAY=1)
+        result = box.sh("worker_wait_api", "k8s-node.sh", "worker.sh")
     assert result.returncode == 1
-    plan = plan_lab(load_lab())
-    url = f"https://{plan.node('master1').internal.address.ip}:6443/readyz"
-    argv = ["--fail", "--silent", "--show-error", "--max-time", "10", "--cacert", "/etc/kubernetes/pki/ca.crt", url]
-    assert box.calls("curl") == [argv] * 3
-    assert box.console_lines()[-1] == "labctl-phase: master2 failed wait-previous"
-    assert "did not answer /readyz in 3 tries" in result.stderr
+    error = next(line for line in box.console_lines() if line.startswith("labctl-error:"))
+    assert error.startswith("labctl-error: master1 wait-api: the API endpoint (api.k8s.internal:6443) did not "
+                            "answer /readyz after 1 s (waiting for master1, lb1)")
 
 
-def test_worker_waits_for_the_api_endpoint(tmp_path):
+def test_worker_waits_for_the_api_endpoint_with_curl_and_the_ca_copy(tmp_path):
     box = Sandbox(tmp_path, "worker1")
     box.stub("curl")
-    result = box.sh('wait_for_apiserver wait-api "$API_NAME" "the API endpoint"', "k8s-node.sh")
+    result = box.sh("worker_wait_api", "k8s-node.sh", "worker.sh")
     assert result.returncode == 0, result.stderr
     assert box.calls("curl") == [["--fail", "--silent", "--show-error", "--max-time", "10", "--cacert",
                                   "/etc/labctl/kubernetes-ca.crt", "https://api.k8s.internal:6443/readyz"]]
 
 
-@pytest.mark.skipif(Path("/etc/kubernetes/kubelet.conf").exists(), reason="this host is a Kubernetes node")
-@pytest.mark.parametrize("subcommand", ["init", "join"])
-def test_kubeadm_is_called_with_the_config_file(box, subcommand):
-    box.stub("kubeadm")
-    result = box.sh(f"kubeadm_run kubeadm-{subcommand} {subcommand}", "k8s-node.sh")
-    assert result.returncode == 0, result.stderr
-    assert box.calls("kubeadm") == [[subcommand, "--config", "/etc/labctl/kubeadm.yaml"]]
-
-
-def test_a_failed_kubeadm_fails_its_phase(box):
-    box.stub("kubeadm", "exit 1")
-    if Path("/etc/kubernetes/kubelet.conf").exists():
-        pytest.skip("this host is a Kubernetes node")
-    result = box.sh("phase kubeadm-init; kubeadm_run kubeadm-init init", "k8s-node.sh")
+def test_joining_master_waits_for_the_previous_one(tmp_path):
+    box = Sandbox(tmp_path, "master2")
+    box.stub("curl", "exit 7")
+    box.set(PREVIOUS_WAIT=0, PREVIOUS_DEPENDS="")
+    result = box.sh("phase wait-previous; master_wait_previous", "k8s-node.sh", "master.sh")
     assert result.returncode == 1
-    assert box.console_lines()[-1] == "labctl-phase: master1 failed kubeadm-init"
+    plan = plan_lab(load_lab())
+    url = f"https://{plan.node('master1').internal.address.ip}:6443/readyz"
+    assert box.calls("curl") == [["--fail", "--silent", "--show-error", "--max-time", "10", "--cacert",
+                                  "/etc/kubernetes/pki/ca.crt", url]]
+    assert box.console_lines()[-1] == "labctl-phase: master2 failed wait-previous"
 
 
-def test_announce_repeats_the_recorded_phase_on_the_console(tmp_path):
-    """labctl-phase.service runs `announce` at every boot: it reports the phase, runs no step."""
-    scripts = Path(str(data_file("cloud-init", "scripts")))
-    state, run, console = tmp_path / "state", tmp_path / "run", tmp_path / "console"
-    state.mkdir()
-    console.write_text("")
-    env = tmp_path / "lab.env"
-    env.write_text(f"NODE=master2\nLABCTL_STATE_DIR={state}\nLABCTL_RUN_DIR={run}\nLABCTL_CONSOLE={console}\n")
-    quiet = subprocess.run(["sh", str(scripts / "announce"), str(env)], capture_output=True, text=True, timeout=30)
-    assert quiet.returncode == 0 and console.read_text() == "", "nothing recorded, nothing announced"
-    assert not (run / "phase").exists()
-    (state / "phase").write_text("ready\n")
-    done = subprocess.run(["sh", str(scripts / "announce"), str(env)], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert console.read_text() == "labctl-phase: master2 ready\n"
-    assert done.stdout == "labctl-phase: master2 ready\n"
-    assert (run / "phase").read_text() == "ready\n"  # this boot's phase, what the host reads over ssh
+# --- the CNI manifest -------------------------------------------------------------------------
+
+
+def test_the_seeds_cni_manifest_is_checked_and_applied(box):
+    manifest = box.root / "cni.yaml"
+    manifest.write_text(FLANNEL)
+    box.stub("kubectl")
+    box.set(CNI_MANIFEST=manifest, CNI_SHA256=hashlib.sha256(FLANNEL.encode()).hexdigest())
+    result = box.sh("master_cni", "k8s-node.sh", "master.sh")
+    assert result.returncode == 0, result.stderr
+    assert box.calls("kubectl") == [["--kubeconfig", "/etc/kubernetes/admin.conf", "apply", "-f", str(manifest)]]
+
+
+def test_a_cni_manifest_that_changed_on_the_way_is_never_applied(box):
+    manifest = box.root / "cni.yaml"
+    manifest.write_text(FLANNEL + "# changed\n")
+    box.stub("kubectl")
+    box.set(CNI_MANIFEST=manifest, CNI_SHA256=hashlib.sha256(FLANNEL.encode()).hexdigest())
+    result = box.sh("phase cni; master_cni", "k8s-node.sh", "master.sh")
+    assert result.returncode == 1 and box.calls("kubectl") == []
+    assert box.console_lines()[-1] == "labctl-phase: master1 failed cni"
+
+
+# --- kubeadm ----------------------------------------------------------------------------------
+
+KUBEADM_HOST = Path("/etc/kubernetes/kubelet.conf").exists() or Path("/etc/kubernetes/manifests").exists()
+
+
+@pytest.mark.skipif(KUBEADM_HOST, reason="this host is a Kubernetes node")
+@pytest.mark.parametrize("subcommand", ["init", "join"])
+def test_kubeadm_is_called_with_the_config_file_and_a_marker_records_success(box, subcommand):
+    box.stub("kubeadm")
+    box.stub("timeout", 'shift; exec "$@"')
+    result = box.sh(f"kubeadm_run kubeadm-{subcommand} {subcommand}; kubeadm_run kubeadm-{subcommand} {subcommand}",
+                    "k8s-node.sh")
+    assert result.returncode == 0, result.stderr
+    assert box.calls("kubeadm") == [[subcommand, "--config", "/etc/labctl/kubeadm.yaml"]]  # once: the marker
+    assert (box.state / "kubeadm.done").exists()
+    assert f"kubeadm {subcommand} completed on an earlier boot" in result.stdout
+
+
+@pytest.mark.skipif(KUBEADM_HOST, reason="this host is a Kubernetes node")
+def test_a_failed_kubeadm_resets_and_retries_once_at_the_next_boot_then_stays_failed(box):
+    box.stub("kubeadm", '[ "$1" = reset ] && exit 0; echo "[preflight] running"; '
+                        'echo "error execution phase kubelet-start: the join timed out" >&2; exit 1')
+    box.stub("timeout", 'shift; exec "$@"')
+    first = box.sh("phase kubeadm-join; kubeadm_run kubeadm-join join", "k8s-node.sh")
+    assert first.returncode == 1
+    assert box.calls("kubeadm") == [["join", "--config", "/etc/labctl/kubeadm.yaml"]]
+    assert ("labctl-error: master1 kubeadm-join: kubeadm join exited 1 (attempt 1 of 2; the next boot resets and "
+            "retries): error execution phase kubelet-start: the join timed out") in box.console_lines()
+    due = box.sh('kubeadm_retry_due kubeadm-join && echo due')
+    assert due.stdout.strip() == "due"
+    second = box.sh("phase kubeadm-join; kubeadm_run kubeadm-join join", "k8s-node.sh")
+    assert second.returncode == 1
+    assert [call[0] for call in box.calls("kubeadm")] == ["join", "reset", "join"]
+    assert box.calls("kubeadm")[1] == ["reset", "-f", "--cri-socket", "unix:///var/run/containerd/containerd.sock"]
+    assert box.console_lines()[-2].startswith("labctl-error: master1 kubeadm-join: kubeadm join exited 1 "
+                                              "(attempt 2 of 2): error execution phase")
+    assert box.sh('kubeadm_retry_due kubeadm-join || echo not-due').stdout.strip() == "not-due"
+    assert not (box.state / "kubeadm.done").exists()
+
+
+# --- packages ---------------------------------------------------------------------------------
+
+APT_404 = """\
+Hit:1 http://10.0.0.1:3142/debian trixie InRelease
+Err:2 http://10.0.0.1:3142/debian trixie-updates Release
+  404  Not Found [IP: 10.0.0.1 3142]
+E: The repository 'http://10.0.0.1:3142/debian trixie-updates Release' does not have a Release file.
+N: Updating from such a repository can't be done securely, and is therefore disabled by default.
+"""
+
+
+def test_a_mirror_without_a_suite_is_one_line_at_once(box):
+    box.stub("apt-get", f"cat <<'EOF'\n{APT_404}EOF\nexit 100")
+    box.stub("sleep")
+    result = box.sh("phase packages; apt_update packages")
+    assert result.returncode == 1
+    assert len(box.calls("apt-get")) == 1 and box.calls("sleep") == []
+    assert ("labctl-error: master1 packages: the mirror http://10.0.0.1:3142/debian has no suite trixie-updates "
+            "(its Release file: 404)") in box.console_lines()
+
+
+def test_apt_waits_for_the_lock_and_no_daemon_starts_during_an_install(box):
+    box.stub("dpkg")
+    box.stub("apt-get", f'[ -x "{box.root}/policy-rc.d" ] && "{box.root}/policy-rc.d"; echo "policy=$?"')
+    result = box.sh("apt_install packages haproxy")
+    assert result.returncode == 0, result.stderr
+    install = box.calls("apt-get")[-1]
+    assert install[-2:] == ["install", "haproxy"] and "DPkg::Lock::Timeout=600" in install
+    assert "policy=101" in result.stdout  # invoke-rc.d and deb-systemd-invoke would not start it
+    assert not (box.root / "policy-rc.d").exists()
+    assert box.calls("dpkg") == [["--configure", "-a"]]  # an install an earlier boot cut short is finished
+
+
+def test_with_a_mirror_apt_reads_it_alone(box):
+    apt = box.root / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list.d" / "debian.sources").write_text("Types: deb\nURIs: mirror+file:///etc/apt/mirrors/"
+                                                           "debian.list\nSuites: trixie trixie-updates\n")
+    (apt / "sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
+    (box.root / "os-release").write_text('ID=debian\nVERSION_CODENAME=trixie\n')
+    box.set(APT_MIRROR="http://10.0.0.1:3142/debian", APT_MIRROR_UPDATES="yes",
+            APT_SECURITY_MIRROR="http://10.0.0.1:3142/debian-security")
+    for _ in range(2):  # idempotent: a resumed step does it again
+        result = box.sh("apt_sources packages")
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (apt / "labctl-aside").iterdir()) == ["debian.sources", "sources.list"]
+    assert [p.name for p in (apt / "sources.list.d").iterdir()] == ["labctl.sources"]
+    from labctl.image.aptsources import parse_deb822
+
+    sources = parse_deb822((apt / "sources.list.d" / "labctl.sources").read_text())
+    assert [(s.uri, s.suites) for s in sources] == [("http://10.0.0.1:3142/debian", ("trixie", "trixie-updates")),
+                                                    ("http://10.0.0.1:3142/debian-security", ("trixie-security",))]

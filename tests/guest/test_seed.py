@@ -12,6 +12,7 @@ from labctl.lab.config import load_lab, parse_lab
 from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import KeyPair, ensure_secrets
+from tests.guest.manifests import with_cni
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def secrets(tmp_path_factory):
 
 
 def test_user_data_common_part(secrets):
-    plan = plan_lab(load_lab())
+    plan = with_cni(plan_lab(load_lab()))
     node = plan.node("master1")
     files = render_seed(plan, node, secrets)
     text = files["user-data"].decode()
@@ -36,7 +37,7 @@ def test_user_data_common_part(secrets):
     meta = yaml.safe_load(files["meta-data"])
     assert meta == {"instance-id": node.uuid, "local-hostname": "master1"}
     # the role content is merged in
-    assert data["runcmd"] == [["/usr/local/lib/labctl/bootstrap", "master"]]
+    assert data["runcmd"][-1] == ["systemctl", "enable", "--now", "--no-block", "labctl-bootstrap.service"]
     assert data["ssh_keys"]["ed25519_public"] == secrets.host_keys["master1"].public
 
 

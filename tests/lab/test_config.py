@@ -114,7 +114,7 @@ INVALID = [
      "networks.internal.bridge: expected the name of a host interface for mode bridge"),
     ("backend: hyperv", 'backend: expected one of libvirt, virtualbox, got "hyperv"'),
     ("networks: {dmz: {}}", "networks.dmz: unknown key; valid keys: nat, internal"),
-    ("kubernetes: {version: 1.31}", 'kubernetes.version: expected a quoted version such as "1.31", got 1.31'),
+    ("kubernetes: {version: 1.31}", 'kubernetes.version: expected a quoted version such as "1.35", got 1.31'),
     ("kubernetes: {version: latest}", "kubernetes.version: expected a Kubernetes version"),
     ("kubernetes: {cni: weave}", 'kubernetes.cni: expected one of flannel, calico, got "weave"'),
     ("kubernetes: {enforce_minimums: yes please}", "kubernetes.enforce_minimums: expected true or false"),

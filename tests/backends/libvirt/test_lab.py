@@ -10,6 +10,7 @@ import libvirt
 import pytest
 
 from labctl.backends.libvirt.backend import LibvirtBackend
+from labctl.errors import StateError
 from labctl.lab.config import parse_lab
 from labctl.lab.identity import Tag
 from labctl.lab.plan import plan_lab
@@ -211,7 +212,16 @@ def test_networks_tagging_and_destroy_safety_on_the_test_driver(test_driver, tmp
         assert backend.ensure_network(net, Tag("k8s", lab_id, "network")) == "exists"
     backend.conn.networkDefineXML("<network><name>k8s-lookalike</name><bridge name='k8slook0'/></network>")
     assert backend.find_lab_ids("k8s") == {lab_id}
-    assert lab_id_for(plan, backend, LabState.for_lab("k8s", tmp_path / "lost")) == lab_id, "id recovered from tags"
+    # Objects without their state directory: refused in one line naming both, nothing made (no new secrets).
+    with pytest.raises(StateError, match=rf"lab k8s: test:///default holds its objects \(lab id {lab_id}\) but its "
+                                         r"state directory \S+/lost/k8s is missing"):
+        lab_id_for(plan, backend, LabState.for_lab("k8s", tmp_path / "lost"))
+    assert not (tmp_path / "lost").exists()
+    other = LabState.for_lab("k8s", tmp_path / "other")
+    other.save_record({"name": "k8s", "id": "0000000000ff"})
+    with pytest.raises(StateError, match=rf"holds objects of lab id {lab_id} but the state directory \S+ is of "
+                                         r"lab id 0000000000ff"):
+        lab_id_for(plan, backend, other)
     removed = destroy("k8s", backend, state, QuietEvents())
     assert sorted(obj.name for obj in removed) == ["k8s-internal", "k8s-nat"]
     names = {n.name() for n in backend.conn.listAllNetworks()}

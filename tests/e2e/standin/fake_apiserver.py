@@ -25,13 +25,24 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HEALTH_PATHS = ("/readyz", "/livez", "/healthz")
-VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
+VERSION_FILE = "/usr/lib/labctl-standin/VERSION"  # the packages' version, e.g. 1.35.0-1.1+labctl.standin
 HANDSHAKE_TIMEOUT = 10
 CLUSTER_INFO = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
 
 def path(name: str) -> str:
     return os.path.join(os.environ.get("LABCTL_STANDIN_ROOT", "/"), name.lstrip("/"))
+
+
+def version_info() -> dict[str, str]:
+    """/version as the Kubernetes of the installed stand-in packages."""
+    try:
+        with open(path(VERSION_FILE), encoding="ascii") as handle:
+            release = handle.read().strip().split("-")[0]
+    except OSError:
+        release = "1.35.0"
+    major, minor, _patch = release.split(".")
+    return {"major": major, "minor": minor, "gitVersion": f"v{release}", "platform": "linux/amd64"}
 
 
 def cluster_info() -> bytes:
@@ -98,7 +109,7 @@ class Handler(BaseHTTPRequestHandler):
         elif route == CLUSTER_INFO:
             status, body, kind = 200, cluster_info(), "application/json"
         elif route == "/version":
-            status, body, kind = 200, json.dumps(VERSION).encode(), "application/json"
+            status, body, kind = 200, json.dumps(version_info()).encode(), "application/json"
         else:
             status, body, kind = 404, b"not found", "text/plain"
         self.server.journal.write(event="request", peer=self.client_address[0], method="GET", path=self.path,

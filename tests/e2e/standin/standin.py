@@ -7,6 +7,13 @@ appends one JSON line to /var/lib/labctl-standin/calls.jsonl: the tool, its argv
 the --config file's full text, the sha256 of /etc/kubernetes/pki/ca.crt and of every file under
 /etc/kubernetes/pki, and for ``kubectl -f FILE`` the sha256 and text of FILE.
 
+``kubeadm reset`` records the call and removes what kubeadm's reset removes: the kubeconfigs and
+static pod manifests under /etc/kubernetes, everything under /etc/kubernetes/pki, and the fake API
+server (stopped, disabled). Failures on purpose, for the end-to-end drills, are files a test puts on
+the node: /var/lib/labctl-standin/fail-init-once makes the next ``init`` fail after writing
+kubelet.conf (and removes the file); /var/lib/labctl-standin/fail-join makes every ``join`` fail
+after writing kubelet.conf, for as long as it exists. Each such call is recorded with exit 1.
+
 ``kubeadm init`` and ``kubeadm join`` with a controlPlane section make a serving certificate for
 the node's advertise address and the API name, signed by /etc/kubernetes/pki/ca.{crt,key} with
 openssl, enable and start labctl-fake-apiserver.service (:6443, answers /readyz) and wait until it listens,
@@ -31,7 +38,7 @@ import tempfile
 import time
 import urllib.request
 
-VERSION = "v1.31.0"
+VERSION_FILE = "/usr/lib/labctl-standin/VERSION"  # the packages' version, e.g. 1.35.0-1.1+labctl.standin
 UNIT = "labctl-fake-apiserver.service"
 PORT = 6443
 STATE_DIR = "/var/lib/labctl-standin"
@@ -40,6 +47,10 @@ CONFIG_KINDS = {
     "init": {"InitConfiguration", "ClusterConfiguration"},
     "join": {"JoinConfiguration"},
 }
+FAIL_INIT_ONCE = STATE_DIR + "/fail-init-once"
+FAIL_JOIN = STATE_DIR + "/fail-join"
+RESET_FILES = ("/etc/kubernetes/admin.conf", "/etc/kubernetes/kubelet.conf", "/etc/kubernetes/super-admin.conf",
+               "/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/scheduler.conf")
 PROBE_ATTEMPTS = 30
 PROBE_INTERVAL = 2.0
 
@@ -51,6 +62,12 @@ class StandinError(Exception):
 def path(name: str) -> str:
     """``name`` (absolute, as on the guest) under LABCTL_STANDIN_ROOT, if set."""
     return os.path.join(os.environ.get("LABCTL_STANDIN_ROOT", "/"), name.lstrip("/"))
+
+
+def version() -> str:
+    """v1.35.0 from the installed packages' version (the stand-ins play the Kubernetes they are packaged as)."""
+    text = read_text(VERSION_FILE) or "1.35.0"
+    return "v" + text.strip().split("-")[0]
 
 
 def sha256_file(name: str) -> str | None:
@@ -350,16 +367,57 @@ def token(argv: list[str], entry: dict) -> int:
     return 1
 
 
+def reset(entry: dict) -> int:
+    """What ``kubeadm reset -f`` removes, recorded; the node is then as before init/join."""
+    removed = []
+    for name in RESET_FILES:
+        if os.path.exists(path(name)):
+            os.remove(path(name))
+            removed.append(name)
+    for directory in ("/etc/kubernetes/manifests", PKI_DIR):
+        top = path(directory)
+        for root, _dirs, files in os.walk(top, topdown=False):
+            for name in files:
+                os.remove(os.path.join(root, name))
+                removed.append(os.path.join(directory, os.path.relpath(os.path.join(root, name), top)))
+    systemctl = os.environ.get("LABCTL_STANDIN_SYSTEMCTL", "systemctl")
+    for action in ("stop", "disable"):
+        subprocess.run([systemctl, action, UNIT], capture_output=True, timeout=60, check=False)
+    entry.update(exit=0, removed=sorted(removed), finished=time.time())
+    record(entry)
+    print("[reset] The reset process does not clean CNI configuration, iptables rules or kubeconfig files")
+    return 0
+
+
+def sabotaged(command: str) -> str | None:
+    """Why this call fails on purpose (a drill's file on the node), or None."""
+    if command == "init" and os.path.exists(path(FAIL_INIT_ONCE)):
+        os.remove(path(FAIL_INIT_ONCE))
+        return f"{FAIL_INIT_ONCE} asked this init to fail once"
+    if command == "join" and os.path.exists(path(FAIL_JOIN)):
+        return f"{FAIL_JOIN} asks every join to fail"
+    return None
+
+
 def kubeadm(argv: list[str]) -> int:
     command = next((arg for arg in argv if not arg.startswith("-")), "")
     entry = base_entry("kubeadm", argv)
     if command == "token":
         return token(argv, entry)
+    if command == "reset":
+        return reset(entry)
     if command not in CONFIG_KINDS:
         record(entry)
         if command == "version":
-            print(VERSION if "short" in argv else f'kubeadm version: &version.Info{{GitVersion:"{VERSION}"}}')
+            print(version() if "short" in argv else f'kubeadm version: &version.Info{{GitVersion:"{version()}"}}')
         return 0
+    why = sabotaged(command)
+    if why is not None:  # as a kubeadm whose control plane never came up: kubelet.conf written, then an error
+        write_kubeconfig("/etc/kubernetes/kubelet.conf", "https://127.0.0.1:6443")
+        entry.update(exit=1, error=f"sabotaged: {why}", finished=time.time())
+        record(entry)
+        print(f"error execution phase wait-control-plane: sabotaged by the test ({why})", file=sys.stderr)
+        return 1
     try:
         bring_up(command, load_config(entry["config"], command), entry)
     except (StandinError, OSError, LookupError, TypeError, AttributeError) as err:
@@ -393,14 +451,14 @@ def kubectl(argv: list[str]) -> int:
                      manifest_text=data.decode("utf-8", "replace"))
     record(entry)
     if "version" in argv:
-        print(f"Client Version: {VERSION}")
+        print(f"Client Version: {version()}")
     return 0
 
 
 def kubelet(argv: list[str]) -> int:
     record(base_entry("kubelet", argv))
     if "--version" in argv or "version" in argv:
-        print(f"Kubernetes {VERSION}")
+        print(f"Kubernetes {version()}")
         return 0
     if os.environ.get("LABCTL_STANDIN_WAIT") == "0":
         return 0
