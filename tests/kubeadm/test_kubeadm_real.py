@@ -22,6 +22,7 @@ from labctl.lab.plan import plan_lab
 from labctl.lab.state import LabState
 from labctl.pki.secrets import ensure_secrets
 from labctl.pki.x509 import ca_cert_hash
+from tests.guest.manifests import with_cni
 from tests.kubeadm.gomodule import HERE, KUBERNETES, PIN_PACKAGE, parse_release, required_version
 from tests.kubeadm.gotool import Go
 from tests.kubeadm.tooling import (
@@ -58,7 +59,8 @@ def kubeadm_pin(release) -> Path:
 def lab(release, tmp_path_factory):
     """The default lab at kubeadm's own minor, with its secrets: (plan, secrets)."""
     major, minor, _ = parse_release(release)
-    plan = plan_lab(parse_lab(f'kubernetes: {{version: "{major}.{minor}"}}\n', "default lab at kubeadm's minor"))
+    plan = with_cni(plan_lab(parse_lab(f'kubernetes: {{version: "{major}.{minor}"}}\n',
+                                       "default lab at kubeadm's minor")))
     return plan, ensure_secrets(LabState.for_lab(plan.lab.name, tmp_path_factory.mktemp("state")), plan)
 
 

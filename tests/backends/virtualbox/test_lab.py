@@ -38,7 +38,7 @@ from labctl.lab.plan import Plan, plan_lab
 from labctl.lab.state import LabState
 from labctl.ops.events import QuietEvents
 from labctl.ops.lifecycle import destroy
-from tests.labenv import blank_image, interrupt_after_step, labctl, record_figure, same_data, written_image
+from tests.labenv import blank_image, cni_file, interrupt_after_step, labctl, record_figure, same_data, written_image
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ name: {name}
 backend: virtualbox
 accel: {accel}
 image: {{path: {image}, sha256: {sha256}}}
-kubernetes: {{enforce_minimums: false}}
+kubernetes: {{enforce_minimums: false, cni_manifest: {{path: {manifest}, sha256: {manifest_sha256}}}}}
 networks: {{nat: {{cidr: 10.232.{subnet}.0/24}}, internal: {{cidr: 10.232.{next}.0/24, mode: {mode}}}}}
 nodes:
   gateway: {{memory: 512}}
@@ -77,9 +77,10 @@ class Lab:
 
 def write_config(work: Path, name: str = LAB, accel: str = "kvm", mode: str = "intnet", subnet: int = 2) -> Path:
     image, digest = blank_image(work)
+    manifest, manifest_sha256 = cni_file(work)
     config = work / f"{name}-{mode}-{accel}.yaml"
     config.write_text(LAB_YAML.format(name=name, accel=accel, image=image, sha256=digest, mode=mode, subnet=subnet,
-                                      next=subnet + 1))
+                                      next=subnet + 1, manifest=manifest, manifest_sha256=manifest_sha256))
     return config
 
 
