@@ -16,7 +16,7 @@ import yaml
 
 from labctl.errors import ConfigError
 from labctl.lab.catalog import resolve_image
-from labctl.lab.model import BACKEND_NAMES, ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
+from labctl.lab.model import BACKEND_NAMES, ETCD_TOPOLOGIES, ROLES, KubernetesSpec, Lab, NetworkSpec, RoleSpec
 from labctl.lab.validate import choice, fail, kind, mapping, shown, string
 
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
@@ -32,9 +32,12 @@ NETWORK_KEYS = {"nat": ("cidr",), "internal": ("cidr", "mode", "bridge")}
 ROLE_KEYS = {
     "gateway": ("cpus", "memory", "disk"),
     "lb": ("count", "cpus", "memory", "disk"),
+    "etcd": ("count", "cpus", "memory", "disk"),
     "master": ("count", "cpus", "memory", "disk"),
     "worker": ("count", "cpus", "memory", "disk"),
 }
+# nodes.etcd is not in the default lab.yaml (stacked has none): its defaults, with kubernetes.etcd: external.
+ETCD_NODE_DEFAULTS = {"count": 3, "cpus": 1, "memory": 1024, "disk": 8}
 K8S_KEYS = ("version", "pod_cidr", "service_cidr", "cni", "etcd", "enforce_minimums", "cni_manifest")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 HTTP_URL = re.compile(r"^https?://[^\s'\"]+$")
@@ -170,7 +173,7 @@ def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
     image_spec = resolve_image(image, "image", base_dir=base_dir)
     nat, internal = _networks(data.get("networks"), name)
     kubernetes = _kubernetes(data.get("kubernetes"))
-    roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
+    roles = _roles(data.get("nodes"), kubernetes)
     _check_overlaps(nat, internal, kubernetes)
     accel = choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
     backend = choice(data.get("backend"), "backend", BACKEND_NAMES)
@@ -213,7 +216,7 @@ def _kubernetes(value: Any) -> KubernetesSpec:
         pod_cidr=_cidr(section.get("pod_cidr"), "kubernetes.pod_cidr"),
         service_cidr=_cidr(section.get("service_cidr"), "kubernetes.service_cidr"),
         cni=choice(section.get("cni"), "kubernetes.cni", ("flannel", "calico")),
-        etcd=choice(section.get("etcd"), "kubernetes.etcd", ("stacked",)),
+        etcd=choice(section.get("etcd"), "kubernetes.etcd", ETCD_TOPOLOGIES),
         enforce_minimums=enforce,
         cni_manifest=_cni_manifest(section.get("cni_manifest")),
     )
@@ -238,23 +241,42 @@ def _count_check(role: str) -> Callable[[Any, str], int]:
             return count
         if role == "lb":
             return _int(value, path, 1, 2)
+        if role == "etcd":
+            count = _int(value, path, 3, 7)
+            if count % 2 == 0:
+                raise ConfigError(path, f"expected 3, 5 or 7, got {count}: a quorum is a majority, "
+                                        f"and {count} members tolerate no more failures than {count - 1}")
+            return count
         return _int(value, path, 0, MAX_WORKERS)
     return check
 
 
-def _roles(value: Any, enforce_minimums: bool) -> tuple[RoleSpec, ...]:
+def _roles(value: Any, kubernetes: KubernetesSpec) -> tuple[RoleSpec, ...]:
     section = mapping(value, "nodes", ROLES)
     specs = []
     for role in ROLES:
         path = f"nodes.{role}"
         entry = mapping(section.get(role), path, ROLE_KEYS[role])
+        if role == "etcd":
+            if kubernetes.etcd != "external":
+                specs.append(_no_etcd_nodes(section.get(role)))
+                continue
+            entry = {**ETCD_NODE_DEFAULTS, **entry}
         count = _count_check(role)(entry.get("count", 1), f"{path}.count")
-        min_cpus, min_memory = (2, 1700) if role == "master" and enforce_minimums else (1, 512)
+        min_cpus, min_memory = (2, 1700) if role == "master" and kubernetes.enforce_minimums else (1, 512)
         cpus = _int(entry.get("cpus"), f"{path}.cpus", min_cpus, 64, "vCPUs")
         memory = _int(entry.get("memory"), f"{path}.memory", min_memory, 262144, "MiB")
         disk = _int(entry.get("disk"), f"{path}.disk", 4, 2048, "GiB")
         specs.append(RoleSpec(role, count, cpus, memory, disk))
     return tuple(specs)
+
+
+def _no_etcd_nodes(value: Any) -> RoleSpec:
+    """With stacked etcd the members are the masters: etcd nodes of their own are a mistake, said in one line."""
+    if value is not None:
+        raise ConfigError("nodes.etcd", "etcd nodes need kubernetes.etcd: external; with stacked (the default) "
+                                        "every master runs an etcd member")
+    return RoleSpec("etcd", 0, 1, 512, 4)
 
 
 def _check_overlaps(nat: NetworkSpec, internal: NetworkSpec, k8s: KubernetesSpec) -> None:

@@ -5,7 +5,8 @@ from ipaddress import IPv4Network
 
 from labctl.lab.catalog import ImageSpec
 
-ROLES = ("gateway", "lb", "master", "worker")
+ROLES = ("gateway", "lb", "etcd", "master", "worker")  # etcd: members of an external etcd (count 0 if stacked)
+ETCD_TOPOLOGIES = ("stacked", "external")
 BACKEND_NAMES = ("libvirt",)  # the names labctl.backends opens
 
 

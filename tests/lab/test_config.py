@@ -12,7 +12,8 @@ def test_default_lab_has_the_documented_topology():
     lab = load_lab()
     assert lab.name == "k8s"
     assert lab.domain == "k8s.internal"
-    assert [(r.role, r.count) for r in lab.roles] == [("gateway", 1), ("lb", 1), ("master", 3), ("worker", 2)]
+    assert [(r.role, r.count) for r in lab.roles] == [("gateway", 1), ("lb", 1), ("etcd", 0), ("master", 3),
+                                                      ("worker", 2)]
     master = lab.role("master")
     assert master.cpus >= 2 and master.memory >= 2048
     assert lab.internal.mode == "isolated" and lab.internal.bridge is None
