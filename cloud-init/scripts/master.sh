@@ -6,6 +6,13 @@ KUBECONFIG_ADMIN=/etc/kubernetes/admin.conf
 
 master_main() {
     k8s_prepare
+    # etcdctl on every master: how labctl (and a learner) looks at etcd, stacked or external.
+    phase etcd-client
+    etcd_packages etcd-client
+    if [ "$MASTER_INDEX" = 1 ] && [ "$ETCD_TOPOLOGY" = external ]; then
+        phase wait-etcd
+        etcd_wait_healthy
+    fi
     if [ "$MASTER_INDEX" = 1 ]; then
         phase kubeadm-init
         kubeadm_run kubeadm-init init

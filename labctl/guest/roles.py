@@ -15,6 +15,7 @@ from ipaddress import IPv4Network
 import yaml
 
 from labctl.errors import ConfigError, LabError
+from labctl.guest.etcd import etcd_env
 from labctl.guest.kubeadm import kubernetes_minor, render_kubeadm_config
 from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.pki.secrets import LabSecrets
@@ -123,6 +124,8 @@ def lab_env(plan: Plan, node: NodePlan) -> dict[str, str]:
         env |= _kubernetes_env(plan, node)
     if node.role == "master":
         env |= _master_env(plan, node)
+    if node.role in ("etcd", "master"):
+        env |= etcd_env(plan, node)
     return env
 
 

@@ -16,7 +16,7 @@ from labctl.lab.plan import plan_lab
 from labctl.resources import data_file, read_text
 
 ENTRY_POINTS = ("bootstrap", "announce", "refresh")  # executables; the rest are sourced
-SCRIPTS = (*ENTRY_POINTS, "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
+SCRIPTS = (*ENTRY_POINTS, "lib.sh", "gateway.sh", "lb.sh", "etcd.sh", "k8s-node.sh", "master.sh", "worker.sh")
 STUB = """#!/bin/sh
 {{ for arg in "$@"; do printf '%s\\n' "$arg"; done; echo @@; }} >>"$STUB_LOG/{name}"
 {body}
