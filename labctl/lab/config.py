@@ -231,22 +231,24 @@ def _cni_manifest(value: Any) -> tuple[str, str] | None:
     return url, digest
 
 
+def _odd_count(value: Any, path: str, low: int, why: str, what: str) -> int:
+    """An odd count from ``low`` to 7: an even one tolerates no more failures than the odd one below it."""
+    count = _int(value, path, low, 7)
+    if count % 2 == 0:
+        allowed = [str(n) for n in range(low, 8, 2)]
+        raise ConfigError(path, f"expected {', '.join(allowed[:-1])} or {allowed[-1]}, got {count}: {why}, "
+                                f"and {count} {what} tolerate no more failures than {count - 1}")
+    return count
+
+
 def _count_check(role: str) -> Callable[[Any, str], int]:
     def check(value: Any, path: str) -> int:
         if role == "master":
-            count = _int(value, path, 1, 7)
-            if count % 2 == 0:
-                raise ConfigError(path, f"expected 1, 3, 5 or 7, got {count}: etcd needs a majority, "
-                                        f"and {count} masters tolerate no more failures than {count - 1}")
-            return count
+            return _odd_count(value, path, 1, "etcd needs a majority", "masters")
         if role == "lb":
             return _int(value, path, 1, 2)
         if role == "etcd":
-            count = _int(value, path, 3, 7)
-            if count % 2 == 0:
-                raise ConfigError(path, f"expected 3, 5 or 7, got {count}: a quorum is a majority, "
-                                        f"and {count} members tolerate no more failures than {count - 1}")
-            return count
+            return _odd_count(value, path, 3, "a quorum is a majority", "members")
         return _int(value, path, 0, MAX_WORKERS)
     return check
 
