@@ -169,17 +169,23 @@ def wait_until(lab: DrillLab, check: Callable[[], bool], bound: float) -> float 
 
 @contextmanager
 def restoring(lab: DrillLab, result: DrillResult, node: NodePlan) -> Iterator[list[bool]]:
-    """Powers ``node`` back on if the drill ends early; says what to run when even that fails."""
+    """Powers ``node`` back on if the drill ends early (``down[0]`` still set)."""
     down = [False]
     try:
         yield down
     finally:
         if down[0]:
-            try:
-                lab.power_on(node)
-                down[0] = False
-            except LabError as err:
-                result.restore_hint = f"`labctl start {node.name}` ({err})"
+            bring_back(lab, result, node, down)
+
+
+def bring_back(lab: DrillLab, result: DrillResult, node: NodePlan, down: list[bool]) -> None:
+    """Start ``node`` and wait until it is ready, once; if that fails, the result says what to run."""
+    down[0] = False
+    try:
+        lab.power_on(node)
+    except LabError as err:
+        result.restore_hint = f"`labctl start {node.name}` ({err})"
+        raise
 
 
 # --- lb ------------------------------------------------------------------------------------------
@@ -216,15 +222,14 @@ def drill_lb(lab: DrillLab) -> DrillResult:
             {"vip_on": other.name if moved is not None else None, "vip_moved_after_s": moved,
              "api_steady_after_s": steady, "failed_probes": failed, "probes": probes},
             moved is not None and steady is not None))
-        result.steps.append(_lb_back(lab, probe, holder, down))
-    result.restored = not down[0]
+        result.steps.append(_lb_back(lab, result, probe, holder, down))
+    result.restored = True
     return result
 
 
-def _lb_back(lab: DrillLab, probe: ApiProbe, holder: NodePlan, down: list[bool]) -> Step:
+def _lb_back(lab: DrillLab, result: DrillResult, probe: ApiProbe, holder: NodePlan, down: list[bool]) -> Step:
     back_at = lab.clock()
-    lab.power_on(holder)
-    down[0] = False
+    bring_back(lab, result, holder, down)
     returned = wait_until(lab, lambda: holds_vip(lab, holder.name), BACK_BOUND)
     steady = probe.steady_after(back_at, BACK_BOUND)
     failed, probes = probe.failures(back_at)
@@ -276,8 +281,7 @@ def drill_master(lab: DrillLab) -> DrillResult:
              "failed_probes": failed, "probes": probes},
             marked is not None and steady is not None))
         back_at = lab.clock()
-        lab.power_on(victim)
-        down[0] = False
+        bring_back(lab, result, victim, down)
         up_again = wait_until(lab, lambda: haproxy_states(lab, lb).get(victim.name, "").startswith("UP"), BACK_BOUND)
         failed, probes = probe.failures(back_at)
         result.steps.append(Step(
@@ -285,7 +289,7 @@ def drill_master(lab: DrillLab) -> DrillResult:
             f"HAProxy marks {victim.name} UP again", {"haproxy": haproxy_states(lab, lb), "marked_up_after_s": up_again,
                                                        "failed_probes": failed, "probes": probes},
             up_again is not None))
-    result.restored = not down[0]
+    result.restored = True
     return result
 
 

@@ -124,16 +124,17 @@ def test_master_drill_sees_haproxy_route_around_the_stopped_master():
 
 def test_a_drill_that_fails_midway_still_brings_the_node_back():
     lab = FakeLab()
-    lab.remote = lambda node, argv, **kw: Ran(255, b"", b"gone") if "lb1" in lab.off else FakeLab.remote(  # type: ignore[method-assign]
-        lab, node, argv, **kw)
+    real = lab.remote
 
-    def broken_stream(node, argv):
-        raise LabError("the probe died")
+    def breaking(node: str, argv: Sequence[str], **kw) -> Ran:
+        if "lb1" in lab.off:
+            raise LabError("ssh broke")
+        return real(node, argv, **kw)
 
-    lab.stream = broken_stream  # type: ignore[method-assign]
-    with pytest.raises(LabError, match="the probe died"):
+    lab.remote = breaking  # type: ignore[method-assign]
+    with pytest.raises(LabError, match="ssh broke"):
         run_drill("lb", lab.drill_lab())
-    assert lab.calls == []  # nothing was stopped before the probe started
+    assert lab.calls == ["off lb1", "on lb1"] and lab.probes is not None and lab.probes.stopped
 
 
 def test_etcd_member_drill_keeps_quorum_with_one_down_loses_it_with_two_and_recovers():
