@@ -29,7 +29,9 @@ HERE = Path(__file__).resolve().parent
 TIMINGS_REPORT = HERE.parent.parent / "build" / "e2e-timings.json"
 LAB = "e2e"
 SABOTAGED = "e2ebad"
-MAIN_NODES = ["gateway", "lb1", "master1", "master2", "master3", "worker1"]
+# Two load balancers: the API name is keepalived's VIP, and `labctl drill lb` has somewhere to move it.
+MAIN_SHAPE = {"masters": 3, "workers": 1, "lbs": 2}
+MAIN_NODES = ["gateway", "lb1", "lb2", "master1", "master2", "master3", "worker1"]
 NETNS_PORT = 18080
 UP_TIMEOUT = 2400  # a cold six-node lab under TCG on two cores
 SMALL_UP_TIMEOUT = 1500
@@ -82,9 +84,10 @@ def cni_for(text: str) -> tuple[str, str]:
     return f"http://{nat_host.ip}:{NETNS_PORT}/cni.yaml", hashlib.sha256(CNI_MANIFEST).hexdigest()
 
 
-def lab_text(name: str, image: dict[str, str], masters: int, workers: int) -> str:
-    first = lab_yaml(name, image, masters=masters, workers=workers)
-    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni_for(first))
+def lab_text(name: str, image: dict[str, str], masters: int, workers: int, **shape: int) -> str:
+    """lab.yaml of an e2e lab (``shape``: lbs, etcd) with the CNI manifest the namespace server serves."""
+    first = lab_yaml(name, image, masters=masters, workers=workers, **shape)
+    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni_for(first), **shape)
 
 
 def destroy_lab(lab: Lab) -> None:
@@ -131,8 +134,11 @@ def boot_profile(lab: Lab, node: str, work: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_lab(work: Path) -> Iterator[E2E]:
-    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up`."""
+def running_lab(work: Path, name: str = LAB, shape: dict[str, int] | None = None,
+                up_timeout: float = UP_TIMEOUT) -> Iterator[E2E]:
+    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up` of lab
+    ``name`` shaped as ``shape`` (masters, workers, lbs, etcd; default the main lab's)."""
+    shape = shape or MAIN_SHAPE
     timings = Timings()
     base = Path("/tmp") / f"lc-{os.getpid()}-e2e"  # short: unix socket paths are limited to 107 bytes
     base.mkdir(exist_ok=True)
@@ -153,17 +159,18 @@ def running_lab(work: Path) -> Iterator[E2E]:
             stack.callback(daemon.stop)
             daemon.start()
         (base / "console").mkdir(exist_ok=True)
-        text = lab_text(LAB, entry, masters=3, workers=1)
-        lab = lab_for(daemon, work, LAB, text)
+        text = lab_text(name, entry, **shape)
+        lab = lab_for(daemon, work, name, text)
         manifest = work / "cni.yaml"
         manifest.write_bytes(CNI_MANIFEST)
         netns_server = NetnsServer(daemon.netns, NETNS_PORT, manifest, work / "netns-server.jsonl")
         stack.callback(netns_server.stop)
         netns_server.start()
         stack.callback(destroy_lab, lab)
-        with timings.measure("labctl up: 6 nodes from nothing to ready"):
-            code, lines = lab.up(UP_TIMEOUT, work / "up.log")
-        timings.notes["up_phases"] = phase_timeline(lines, MAIN_NODES)
+        nodes = list(lab.plan.node_names)
+        with timings.measure(f"labctl up: {len(nodes)} nodes from nothing to ready"):
+            code, lines = lab.up(up_timeout, work / "up.log")
+        timings.notes["up_phases"] = phase_timeline(lines, nodes)
         assert code == 0, f"labctl up exited {code}:\n{failure_report(lab, lines)}"
         assert server.seen("/labctl-e2e.qcow2"), "labctl did not download the image from the test server"
         timings.notes["boot_profile_master1"] = boot_profile(lab, "master1", work)
