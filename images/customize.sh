@@ -27,7 +27,7 @@ ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
 # Daemons that a role starts itself (service_up in cloud-init/scripts/lib.sh enables and starts
 # them) stay off in the image when pre-baked with --include: otherwise every node would run them,
 # and dnsmasq would compete with systemd-resolved for port 53.
-for unit in dnsmasq.service haproxy.service keepalived.service containerd.service kubelet.service; do
+for unit in dnsmasq.service haproxy.service keepalived.service containerd.service kubelet.service etcd.service; do
     if [ -e "/usr/lib/systemd/system/$unit" ] || [ -e "/lib/systemd/system/$unit" ]; then
         systemctl disable --quiet "$unit"
     fi

@@ -7,6 +7,11 @@ KUBECONFIG_ADMIN=/etc/kubernetes/admin.conf
 
 master_main() {
     k8s_prepare
+    # etcdctl on every master: how labctl (and a learner) looks at etcd, stacked or external.
+    step etcd-client etcd_client
+    if [ "$MASTER_INDEX" = 1 ] && [ "$ETCD_TOPOLOGY" = external ]; then
+        step wait-etcd etcd_wait_healthy
+    fi
     if [ "$MASTER_INDEX" = 1 ]; then
         step wait-lb master_wait_lb
         step kubeadm-init master_init

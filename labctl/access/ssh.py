@@ -7,8 +7,10 @@ host keys, and nothing else), so ``labctl ssh`` never asks to trust a key and ne
 
 import os
 import re
+import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -261,3 +263,76 @@ def follow_log(path: Path, out: BinaryIO, *, follow: bool,
             out.write(data)
             out.flush()
         polls = None if polls is None else polls - 1
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a command run on a node over ssh did: exit status (255: ssh itself failed), stdout, stderr."""
+
+    code: int
+    out: bytes
+    err: bytes
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace")
+
+    def last_line(self) -> str:
+        said = (self.err.decode("utf-8", "replace").strip() or self.text.strip() or f"exit {self.code}")
+        return said.splitlines()[-1]
+
+
+def remote_command(argv: Sequence[str]) -> tuple[str]:
+    """``argv`` as the one command word ssh hands to the node's shell (each word quoted for it)."""
+    return (shlex.join(argv),)
+
+
+def run_remote(route: Route, node: str, argv: Sequence[str], *, stdin: bytes = b"", timeout: float) -> Ran:
+    """Run ``argv`` on ``node`` over ``route`` with ``stdin``, bounded by ``timeout``; bytes in and out,
+    never raising for the command's own exit status (the caller judges it)."""
+    full = route.argv(node, remote_command(argv))
+    try:
+        done = subprocess.run(full, input=stdin, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise LabError(f"{node}: {shlex.join(argv[:3])}…: no answer within {int(timeout)}s") from err
+    except OSError as err:
+        raise _cannot_run(full[0], err) from err
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+class RemoteLines:
+    """A command on a node whose output lines arrive while it runs, each with this host's monotonic time
+    (a probe loop). Ended by its pid: :meth:`stop` is safe to call more than once."""
+
+    def __init__(self, route: Route, node: str, argv: Sequence[str], clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.lines: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        full = route.argv(node, remote_command(argv))
+        try:
+            self.proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        except OSError as err:
+            raise _cannot_run(full[0], err) from err
+        self._reader = threading.Thread(target=self._read, daemon=True, name=f"labctl-lines-{node}")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append((self.clock(), line.rstrip("\n")))
+
+    def since(self, moment: float) -> list[tuple[float, str]]:
+        with self._lock:
+            return [(at, line) for at, line in self.lines if at >= moment]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)

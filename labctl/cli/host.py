@@ -42,7 +42,7 @@ def _lab_state(the_plan: Plan, state: LabState) -> LabState:
     return state
 
 
-def _route(ctx: Context, jump: str | None) -> access.Route:
+def lab_route(ctx: Context, jump: str | None = None) -> access.Route:
     """How to reach the lab's nodes, with its known_hosts and ssh config written."""
     from labctl.pki.secrets import ensure_secrets
 
@@ -55,7 +55,7 @@ def _route(ctx: Context, jump: str | None) -> access.Route:
 
 def _ssh_argv(ctx: Context, node: str, command: tuple[str, ...], jump: str | None) -> list[str]:
     access.find_node(ctx.plan(), node)  # an unknown node is reported before anything is written
-    return _route(ctx, jump).argv(node, command)
+    return lab_route(ctx, jump).argv(node, command)
 
 
 _JUMP_HELP = ("Reach the lab through this [USER@]HOST[:PORT] first: the hypervisor host, which reaches the lab's "
@@ -84,7 +84,7 @@ def ssh(ctx: Context, node: str, command: tuple[str, ...], jump: str | None) -> 
 @pass_ctx
 def ssh_config(ctx: Context, jump: str | None) -> None:
     """Print Host blocks (<lab>-<node>) for ~/.ssh/config: `labctl ssh-config >> ~/.ssh/config`."""
-    route = _route(ctx, jump)
+    route = lab_route(ctx, jump)
     click.echo(access.ssh_config_text(route.plan, route.state, via_gateway=route.via_gateway,
                                       first_hop=route.first_hop), nl=False)
 

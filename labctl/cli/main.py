@@ -10,6 +10,7 @@ import click
 
 from labctl import __version__
 from labctl.cli.context import Context, pass_ctx
+from labctl.cli.etcd import register as register_etcd_commands
 from labctl.cli.host import register as register_host_commands
 from labctl.cli.host import wait_timeout_option
 from labctl.cli.tables import plan_rows, render_plan_table, render_status_table
@@ -165,6 +166,7 @@ def _attach_optional_groups() -> None:
 
 _attach_optional_groups()
 register_host_commands(cli)
+register_etcd_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

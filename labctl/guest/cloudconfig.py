@@ -17,6 +17,8 @@ Layout on a node::
     /etc/labctl/{haproxy.cfg,keepalived.conf,kubernetes-ca.crt}   load balancers
     /etc/labctl/kubeadm.yaml, containerd-{1,2}.toml               masters and workers
     /etc/labctl/pki/{ca,front-proxy-ca,etcd/ca}.{crt,key}, sa.{key,pub}   masters (into /etc/kubernetes/pki)
+    /etc/labctl/pki/apiserver-etcd-client.{crt,key}               masters of an external etcd (no etcd/ca.key)
+    /etc/labctl/{etcd.yaml,etcd-service.conf,etcd-pki/}           external etcd members (labctl.guest.etcd)
     /etc/labctl/cni.yaml                                          master1: the adapted CNI manifest
     /var/lib/labctl/phase, done/<step>, error                     the last phase, completed steps, the failure
 """
@@ -28,6 +30,15 @@ from typing import Any
 
 from labctl.errors import StateError
 from labctl.guest.containerd import render_containerd_configs
+from labctl.guest.etcd import (
+    ETCD_CONFIG,
+    ETCD_DROPIN,
+    SEED_PKI,
+    is_external,
+    master_client_files,
+    member_files,
+    render_etcd_config,
+)
 from labctl.guest.roles import (
     CLUSTER_CA_COPY,
     CNI_MANIFEST,
@@ -35,7 +46,6 @@ from labctl.guest.roles import (
     ETC_DIR,
     K8S_APT_KEY,
     KUBEADM_CONFIG,
-    SEED_PKI,
     cni_digest,
     render_dnsmasq_conf,
     render_haproxy_cfg,
@@ -58,13 +68,15 @@ ENTRY_SCRIPTS = ("bootstrap", "retry")
 ROLE_SCRIPTS = {
     "gateway": ("gateway.sh",),
     "lb": ("lb.sh",),
-    "master": ("k8s-node.sh", "master.sh"),
+    "etcd": ("etcd.sh",),
+    "master": ("k8s-node.sh", "etcd.sh", "master.sh"),
     "worker": ("k8s-node.sh", "worker.sh"),
 }
 # cloud-init/files/<name> -> where it goes on the node
 STATIC_FILES = {
     "gateway": (("gateway-sysctl.conf", "/etc/sysctl.d/90-labctl-gateway.conf"),),
     "lb": (),
+    "etcd": (),
     "master": (
         ("k8s-modules.conf", "/etc/modules-load.d/labctl-k8s.conf"),
         ("k8s-sysctl.conf", "/etc/sysctl.d/90-labctl-k8s.conf"),
@@ -101,10 +113,13 @@ def role_phases(plan: Plan, node: NodePlan) -> tuple[str, ...]:
         steps: tuple[str, ...] = ("packages", "forwarding", "firewall", "dns")
     elif node.role == "lb":
         steps = ("network", "packages", "haproxy") + (("keepalived",) if plan.lab.role("lb").count > 1 else ())
+    elif node.role == "etcd":
+        steps = ("network", "packages", "etcd", "health")
     elif node.role == "master" and node.index == 1:
-        steps = (*K8S_PREPARE, "wait-lb", "kubeadm-init", "cni", "kubeconfig")
+        wait_etcd = ("wait-etcd",) if is_external(plan) else ()
+        steps = (*K8S_PREPARE, "etcd-client", *wait_etcd, "wait-lb", "kubeadm-init", "cni", "kubeconfig")
     elif node.role == "master":
-        steps = (*K8S_PREPARE, "wait-previous", "kubeadm-join", "kubeconfig")
+        steps = (*K8S_PREPARE, "etcd-client", "wait-previous", "kubeadm-join", "kubeconfig")
     else:
         steps = (*K8S_PREPARE, "wait-api", "kubeadm-join")
     return ("start", *steps, "ready")
@@ -179,13 +194,31 @@ def _master_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[
     files = _k8s_files(plan, node, secrets)
     for stem, authority in authorities.items():
         files.append(write_file(f"{SEED_PKI}/{stem}.crt", authority.cert_pem, PUBLIC))
-        files.append(write_file(f"{SEED_PKI}/{stem}.key", authority.key_pem, PRIVATE))
+        if stem != "etcd/ca" or not is_external(plan):
+            files.append(write_file(f"{SEED_PKI}/{stem}.key", authority.key_pem, PRIVATE))
     files.append(write_file(f"{SEED_PKI}/sa.key", secrets.service_account.private_pem, PRIVATE))
     files.append(write_file(f"{SEED_PKI}/sa.pub", secrets.service_account.public, PUBLIC))
+    if is_external(plan):
+        # kubeadm's external etcd: the CA certificate and the apiserver's client certificate, never the etcd
+        # CA key (a master could otherwise make itself a member).
+        files += _secret_files(master_client_files(secrets.etcd))
     if node.index == 1:
         cni_digest(plan)  # refuses a plan whose manifest was not fetched
         files.append(write_compressed(CNI_MANIFEST, plan.cni_manifest or "", PUBLIC))
     return files
+
+
+def _etcd_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
+    """An external member's configuration, its unit's drop-in and its certificates (staged for etcd.sh)."""
+    return [
+        write_file(ETCD_CONFIG, render_etcd_config(plan, node), PUBLIC),
+        write_file(ETCD_DROPIN, read_text("cloud-init", "files/etcd-service.conf"), PUBLIC),
+        *_secret_files(member_files(secrets.etcd, secrets.etcd_ca.cert_pem, node)),
+    ]
+
+
+def _secret_files(files: dict[str, tuple[str, bool]]) -> list[dict[str, Any]]:
+    return [write_file(path, content, PRIVATE if secret else PUBLIC) for path, (content, secret) in files.items()]
 
 
 def _worker_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[str, Any]]:
@@ -196,6 +229,7 @@ def _worker_files(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[dict[
 ROLE_FILES: dict[str, Callable[[Plan, NodePlan, LabSecrets], list[dict[str, Any]]]] = {
     "gateway": _gateway_files,
     "lb": _lb_files,
+    "etcd": _etcd_files,
     "master": _master_files,
     "worker": _worker_files,
 }

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from labctl.errors import ConfigError, LabError
+from labctl.guest.etcd import external_etcd_section
 from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.lab.versions import load_versions, pair
 from labctl.pki.secrets import TOKEN, LabSecrets
@@ -69,10 +70,12 @@ def cluster_configuration(plan: Plan) -> dict[str, Any]:
 
 
 def etcd_configuration(plan: Plan) -> dict[str, Any]:
-    """ClusterConfiguration.etcd per topology; an external etcd role would add its branch here."""
+    """ClusterConfiguration.etcd per topology: a local member per master (stacked), or the lab's etcd nodes."""
     topology = plan.lab.kubernetes.etcd
     if topology == "stacked":
         return {"local": {"dataDir": ETCD_DATA_DIR}}
+    if topology == "external":
+        return external_etcd_section(plan)
     raise ConfigError("kubernetes.etcd", f"topology {topology!r} has no kubeadm configuration yet")
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 
 from labctl.errors import ConfigError, LabError
+from labctl.guest.etcd import etcd_env
 from labctl.guest.kubeadm import CRI_SOCKET, kubernetes_minor, render_kubeadm_config
 from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.pki.secrets import LabSecrets
@@ -36,7 +37,6 @@ ENV_FILE = f"{ETC_DIR}/lab.env"
 KUBEADM_CONFIG = f"{ETC_DIR}/kubeadm.yaml"
 CLUSTER_CA_COPY = f"{ETC_DIR}/kubernetes-ca.crt"  # the cluster CA certificate on LBs and workers
 KUBE_PKI = "/etc/kubernetes/pki"
-SEED_PKI = f"{ETC_DIR}/pki"  # masters: the lab's CAs, copied into KUBE_PKI before every kubeadm run
 CNI_MANIFEST = f"{ETC_DIR}/cni.yaml"  # master1: the manifest labctl fetched and adapted
 K8S_APT_KEY = f"{ETC_DIR}/kubernetes-apt-key.asc"  # the package repository's key, when lab.yaml gives a file
 STATE_DIR = "/var/lib/labctl"
@@ -108,6 +108,8 @@ def lab_env(plan: Plan, node: NodePlan) -> dict[str, str]:
         env |= _kubernetes_env(plan, node)
     if node.role == "master":
         env |= _master_env(plan, node)
+    if node.role in ("etcd", "master"):
+        env |= etcd_env(plan, node)
     return env
 
 

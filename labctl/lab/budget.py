@@ -114,12 +114,17 @@ def lab_budget(budget: Budget, nodes: list[tuple[str, str, int]], lb_count: int)
     dns = gateway + skew
     lb_deadline = dns + b.apt + b.step * (2 if lb_count > 1 else 1)
     prepare = dns + 2 * b.step + b.apt  # network, kernel, packages, containerd
+    # An external etcd member: packages, configuration, then healthy once a majority is up (a skew later).
+    etcd_deadline = dns + b.apt + 2 * b.step + skew
+    external = any(role == "etcd" for _, role, _ in nodes)
     previous = 0
     for name, role, index in nodes:
         if role == "lb":
             out[name] = NodeBudget(lb_deadline, {"dns": dns})
+        elif role == "etcd":
+            out[name] = NodeBudget(etcd_deadline, {"dns": dns})
         elif role == "master" and index == 1:
-            lb_wait = lb_deadline + skew
+            lb_wait = max(lb_deadline, etcd_deadline if external else 0) + skew
             previous = max(prepare, lb_wait) + b.kubeadm.command + b.cni + b.step
             out[name] = NodeBudget(previous, {"dns": dns, "lb": lb_wait})
         elif role == "master":

@@ -18,6 +18,7 @@ from labctl.errors import ConfigError
 from labctl.lab.catalog import resolve_image
 from labctl.lab.model import (
     BACKEND_NAMES,
+    ETCD_TOPOLOGIES,
     ROLES,
     AptMirror,
     KubernetesSpec,
@@ -42,9 +43,12 @@ NETWORK_KEYS = {"nat": ("cidr",), "internal": ("cidr", "mode", "bridge")}
 ROLE_KEYS = {
     "gateway": ("cpus", "memory", "disk"),
     "lb": ("count", "cpus", "memory", "disk"),
+    "etcd": ("count", "cpus", "memory", "disk"),
     "master": ("count", "cpus", "memory", "disk"),
     "worker": ("count", "cpus", "memory", "disk"),
 }
+# nodes.etcd is not in the default lab.yaml (stacked has none): its defaults, with kubernetes.etcd: external.
+ETCD_NODE_DEFAULTS = {"count": 3, "cpus": 1, "memory": 1024, "disk": 8}
 K8S_KEYS = ("version", "pod_cidr", "service_cidr", "cni", "etcd", "enforce_minimums", "cni_manifest", "apt_url",
             "apt_key")
 MIRROR_KEYS = ("url", "updates", "security")
@@ -193,7 +197,7 @@ def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
     nat, internal = _networks(data.get("networks"), name, backend)
     kubernetes = _kubernetes(data.get("kubernetes"), base_dir)
     check_runtime(kubernetes.version, image_spec.name, image_spec.debian)
-    roles = _roles(data.get("nodes"), kubernetes.enforce_minimums)
+    roles = _roles(data.get("nodes"), kubernetes)
     _check_overlaps(nat, internal, kubernetes)
     accel = choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
     if accel == "tcg" and backend == "virtualbox":
@@ -273,7 +277,7 @@ def _kubernetes(value: Any, base_dir: Path | None = None) -> KubernetesSpec:
         pod_cidr=_cidr(section.get("pod_cidr"), "kubernetes.pod_cidr"),
         service_cidr=_cidr(section.get("service_cidr"), "kubernetes.service_cidr"),
         cni=choice(section.get("cni"), "kubernetes.cni", ("flannel", "calico")),
-        etcd=choice(section.get("etcd"), "kubernetes.etcd", ("stacked",)),
+        etcd=choice(section.get("etcd"), "kubernetes.etcd", ETCD_TOPOLOGIES),
         enforce_minimums=enforce,
         cni_manifest=_cni_manifest(section.get("cni_manifest"), base_dir),
         apt_url=apt_url,
@@ -320,33 +324,54 @@ def _cni_manifest(value: Any, base_dir: Path | None) -> ManifestSource | None:
                                              "an http(s) URL"))
 
 
+def _odd_count(value: Any, path: str, low: int, why: str, what: str) -> int:
+    """An odd count from ``low`` to 7: an even one tolerates no more failures than the odd one below it."""
+    count = _int(value, path, low, 7)
+    if count % 2 == 0:
+        allowed = [str(n) for n in range(low, 8, 2)]
+        raise ConfigError(path, f"expected {', '.join(allowed[:-1])} or {allowed[-1]}, got {count}: {why}, "
+                                f"and {count} {what} tolerate no more failures than {count - 1}")
+    return count
+
+
 def _count_check(role: str) -> Callable[[Any, str], int]:
     def check(value: Any, path: str) -> int:
         if role == "master":
-            count = _int(value, path, 1, 7)
-            if count % 2 == 0:
-                raise ConfigError(path, f"expected 1, 3, 5 or 7, got {count}: etcd needs a majority, "
-                                        f"and {count} masters tolerate no more failures than {count - 1}")
-            return count
+            return _odd_count(value, path, 1, "etcd needs a majority", "masters")
         if role == "lb":
             return _int(value, path, 1, 2)
+        if role == "etcd":
+            return _odd_count(value, path, 3, "a quorum is a majority", "members")
         return _int(value, path, 0, MAX_WORKERS)
     return check
 
 
-def _roles(value: Any, enforce_minimums: bool) -> tuple[RoleSpec, ...]:
+def _roles(value: Any, kubernetes: KubernetesSpec) -> tuple[RoleSpec, ...]:
     section = mapping(value, "nodes", ROLES)
     specs = []
     for role in ROLES:
         path = f"nodes.{role}"
         entry = mapping(section.get(role), path, ROLE_KEYS[role])
+        if role == "etcd":
+            if kubernetes.etcd != "external":
+                specs.append(_no_etcd_nodes(section.get(role)))
+                continue
+            entry = {**ETCD_NODE_DEFAULTS, **entry}
         count = _count_check(role)(entry.get("count", 1), f"{path}.count")
-        min_cpus, min_memory = (2, 1700) if role == "master" and enforce_minimums else (1, 512)
+        min_cpus, min_memory = (2, 1700) if role == "master" and kubernetes.enforce_minimums else (1, 512)
         cpus = _int(entry.get("cpus"), f"{path}.cpus", min_cpus, 64, "vCPUs")
         memory = _int(entry.get("memory"), f"{path}.memory", min_memory, 262144, "MiB")
         disk = _int(entry.get("disk"), f"{path}.disk", 4, 2048, "GiB")
         specs.append(RoleSpec(role, count, cpus, memory, disk))
     return tuple(specs)
+
+
+def _no_etcd_nodes(value: Any) -> RoleSpec:
+    """With stacked etcd the members are the masters: etcd nodes of their own are a mistake, said in one line."""
+    if value is not None:
+        raise ConfigError("nodes.etcd", "etcd nodes need kubernetes.etcd: external; with stacked (the default) "
+                                        "every master runs an etcd member")
+    return RoleSpec("etcd", 0, 1, 512, 4)
 
 
 def _check_overlaps(nat: NetworkSpec, internal: NetworkSpec, k8s: KubernetesSpec) -> None:

@@ -19,6 +19,7 @@ def plan_fingerprint(plan: Plan) -> dict[str, Any]:
         "domain": plan.lab.domain,
         "user": plan.lab.user,
         "api": str(plan.api_address),  # baked into every node's seed (DNS, kubeadm endpoint)
+        "etcd": plan.lab.kubernetes.etcd,  # stacked or external: kubeadm's configuration on every master
     }
 
 
@@ -26,11 +27,16 @@ def unappliable_changes(built: dict[str, Any], wanted: dict[str, Any]) -> list[s
     """Differences between the built lab and the wanted one that `up` cannot apply in place.
 
     Adding nodes is applied (they are created); everything else that changes an existing
-    object (a subnet, a node's size or address, a removed node, the domain) is listed.
+    object (a subnet, a node's size or address, a removed node, the domain, the etcd topology) is
+    listed, and so are added etcd members: an etcd cluster's membership is fixed when it forms here.
     """
     changes = _network_changes(built, wanted)
     networks_changed = bool(changes)  # then addresses and the API address follow from the subnet
-    for key in ("backend", "domain", "user") if networks_changed else ("backend", "domain", "user", "api"):
+    keys = ("backend", "domain", "user", "etcd") + (() if networks_changed else ("api",))
+    changes += [f"{name} added (etcd members are fixed when the cluster forms)" for name, spec in
+                wanted["nodes"].items() if spec["role"] == "etcd" and name not in built.get("nodes", {})
+                and built.get("etcd") == "external"]
+    for key in keys:
         if key in built and built.get(key) != wanted.get(key):
             changes.append(f"{key} {built.get(key)} → {wanted.get(key)}")
     for name, spec in built.get("nodes", {}).items():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from labctl.lab.catalog import ImageSpec
 
-ROLES = ("gateway", "lb", "master", "worker")
+ROLES = ("gateway", "lb", "etcd", "master", "worker")  # etcd: members of an external etcd (count 0 if stacked)
+ETCD_TOPOLOGIES = ("stacked", "external")
 BACKEND_NAMES = ("libvirt", "virtualbox")  # the names labctl.backends opens
 
 

@@ -13,7 +13,8 @@ from labctl.lab.model import Lab, NetworkSpec
 # every node routes through it; the host side of an isolated network takes .254.
 GATEWAY_OFFSET = 1
 VIP_OFFSET = 10
-ROLE_OFFSETS = {"lb": 11, "master": 21, "worker": 31}
+# etcd members sit past the workers' room (at most 50: .31-.80), so every role can grow without renumbering.
+ROLE_OFFSETS = {"lb": 11, "master": 21, "worker": 31, "etcd": 101}
 INTERNAL_HOST_OFFSET = 254
 NAT_HOST_OFFSET = 1  # the hypervisor's side of the NAT network (libvirt's host; VirtualBox's gateway is .1)
 NAT_GATEWAY_OFFSET = 2
@@ -86,6 +87,9 @@ class Plan:
     def node(self, name: str) -> NodePlan:
         return next(node for node in self.nodes if node.name == name)
 
+    def nodes_of(self, role: str) -> tuple[NodePlan, ...]:
+        return tuple(node for node in self.nodes if node.role == role)
+
     def network(self, key: str) -> NetworkPlan:
         return next(net for net in self.networks if net.key == key)
 
@@ -132,9 +136,10 @@ def _network_plan(lab: Lab, spec: NetworkSpec, host: IPv4Interface | None) -> Ne
 
 
 def node_names(lab: Lab) -> list[tuple[str, str, int]]:
-    """(name, role, index) of every node, in boot order: gateway, load balancers, masters, workers."""
+    """(name, role, index) of every node, in boot order: gateway, load balancers, external etcd members
+    (before the masters, which wait for their quorum), masters, workers."""
     names = [("gateway", "gateway", 1)]
-    for role in ("lb", "master", "worker"):
+    for role in ("lb", "etcd", "master", "worker"):
         names += [(f"{role}{i}", role, i) for i in range(1, lab.role(role).count + 1)]
     return names
 

@@ -8,6 +8,7 @@ whatever is missing; the cryptography itself is in :mod:`labctl.pki.x509`. Layou
     pki/admin.{crt,key}                                                      the host's admin client cert
     pki/token  pki/haproxy-stats  pki/keepalived                             one line each
     pki/hostkeys/<node>  pki/hostkeys/<node>.pub                             SSH host keys (ed25519)
+    pki/etcd/<member>/…, pki/apiserver-etcd-client.{crt,key}                 external etcd (labctl.pki.etcd)
 
 The lab user's SSH key stays where :class:`~labctl.lab.state.LabState` makes it (``<state>/id_ed25519``).
 """
@@ -31,6 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from labctl.errors import StateError
 from labctl.lab.plan import Plan
 from labctl.lab.state import DIR_MODE, SECRET_MODE, LabState, write_private
+from labctl.pki.etcd import EtcdCerts, ensure_etcd_certs
 from labctl.pki.x509 import (
     ca_cert_hash,
     check_key_pair,
@@ -74,6 +76,7 @@ class LabSecrets:
     haproxy_stats_password: str  # random, for the stats listener on the LB's internal address
     keepalived_password: str  # VRRP auth secret (≤ 8 chars, keepalived's PASS limit)
     keepalived_router_id: int  # 1..255, per lab
+    etcd: EtcdCerts | None = None  # an external etcd's member and client certificates (None: stacked)
 
 
 # --- generator and loader -------------------------------------------------------------------------
@@ -113,13 +116,14 @@ def ensure_secrets(state: LabState, plan: Plan, now: datetime | None = None) -> 
     state.ensure()
     pki = _PkiDir.open(state.root / PKI_DIR)
     ca = pki.authority("kubernetes", now)
+    etcd_ca = pki.authority("etcd-ca", now)
     text = {name: pki.text_secret(name) for name in TEXT_SECRETS}
     return LabSecrets(
         ssh_user_key=_ssh_user_key(state),
         host_keys={node.name: pki.host_key(node.name, node.fqdn) for node in plan.nodes},
         kubernetes_ca=ca,
         front_proxy_ca=pki.authority("front-proxy-ca", now),
-        etcd_ca=pki.authority("etcd-ca", now),
+        etcd_ca=etcd_ca,
         service_account=pki.service_account(),
         bootstrap_token=text["token"],
         ca_cert_hash=ca_cert_hash(ca.cert_pem),
@@ -127,6 +131,7 @@ def ensure_secrets(state: LabState, plan: Plan, now: datetime | None = None) -> 
         haproxy_stats_password=text["haproxy-stats"],
         keepalived_password=text["keepalived"],
         keepalived_router_id=keepalived_router_id(plan.lab.name),
+        etcd=ensure_etcd_certs(plan, etcd_ca.cert_pem, etcd_ca.key_pem, pki.read, pki.write, now),
     )
 
 
@@ -186,7 +191,10 @@ class _PkiDir:
         return read_private(self.root / name)
 
     def write(self, name: str, text: str) -> None:
-        write_private(self.root / name, text.encode())
+        path = self.root / name
+        if path.parent != self.root and not path.parent.is_dir():
+            ensure_private_dir(path.parent)  # pki/etcd/<member>/
+        write_private(path, text.encode())
 
     def sync(self, name: str, text: str) -> None:
         """Write a file derived from another one, only if it is missing or differs."""

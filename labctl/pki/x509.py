@@ -5,7 +5,9 @@ Parsing errors surface as ``ValueError``/``TypeError`` from cryptography; the ca
 """
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -58,22 +60,58 @@ def new_client_cert(
     ca_cert_pem: str, ca_key_pem: str, common_name: str, organization: str, now: datetime
 ) -> tuple[str, str]:
     """A client certificate (EKU clientAuth) for ``CN=common_name, O=organization``: ``(cert_pem, key_pem)``."""
+    return new_leaf_cert(ca_cert_pem, ca_key_pem, common_name, now, organization=organization)
+
+
+# What a leaf certificate is for, as extended key usages. kubeadm gives etcd's server certificate clientAuth
+# too (etcd's own gRPC gateway dials the server with it), and a peer certificate serves and dials.
+USAGES = {"server": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+          "peer": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+          "client": (ExtendedKeyUsageOID.CLIENT_AUTH,)}
+
+
+def new_leaf_cert(
+    ca_cert_pem: str, ca_key_pem: str, common_name: str, now: datetime, *, organization: str | None = None,
+    usage: str = "client", dns_names: Sequence[str] = (), addresses: Sequence[str] = (),
+) -> tuple[str, str]:
+    """A certificate signed by the CA for ``usage`` (server, client or peer: its extended key usages),
+    with ``dns_names`` and IP ``addresses`` as subject alternative names: ``(cert_pem, key_pem)``."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     ca_key = _issuer_key(ca_key_pem)
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
-    cert = (
+    names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)] if organization else []
+    subject = x509.Name([*names, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
         _builder(subject, ca_cert.subject, key.public_key(), now, CLIENT_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(USAGES[usage])), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
-    return _cert_pem(cert), _private_pem(key)
+    alt: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    alt += [x509.IPAddress(ip_address(address)) for address in addresses]
+    if alt:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    return _cert_pem(builder.sign(ca_key, hashes.SHA256())), _private_pem(key)
+
+
+def cert_identity(cert_pem: str) -> tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(common name, DNS names, IP addresses, extended key usages by name) of a certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    common_name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(alt.get_values_for_type(x509.DNSName))
+        ips = tuple(str(ip) for ip in alt.get_values_for_type(x509.IPAddress)
+                    if isinstance(ip, IPv4Address | IPv6Address))
+    except x509.ExtensionNotFound:
+        dns, ips = (), ()
+    try:
+        ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        usages = tuple(oid._name for oid in ekus)
+    except x509.ExtensionNotFound:
+        usages = ()
+    return str(common_name), dns, ips, usages
 
 
 def check_key_pair(cert_pem: str, key_pem: str) -> None:

@@ -44,6 +44,9 @@ BAD_ARGS = [
     (["image", "pull", "--url", "http://127.0.0.1:9/x.qcow2"], 2, "--url needs exactly one of"),
     (["image", "pull", "--sha512", "abc"], 2, "go with --url"),
     (["image", "rm", "no-such-image"], 1, "no-such-image"),
+    (["drill", "lbb"], 2, "'lbb' is not one of 'lb', 'master', 'etcd-member'"),
+    (["etcd", "snapshot", "restore", "/nonexistent/snap.db"], 2, "'/nonexistent/snap.db' does not exist"),
+    (["etcd", "status", "-o", "yaml"], 2, "'--output'"),
 ]
 
 

@@ -35,10 +35,10 @@ REPO = HERE.parent.parent
 IMAGE_NAME = "labctl-e2e"
 SUITE = os.environ.get("LABCTL_E2E_SUITE", imagebuild.DEFAULT_SUITE)
 # What the roles would otherwise install from the network (cloud-init/scripts: gateway nftables and
-# dnsmasq, lb haproxy and keepalived, k8s nodes containerd, conntrack and curl), plus openssl and
-# python3-yaml for the kubeadm stand-in.
+# dnsmasq, lb haproxy and keepalived, k8s nodes containerd, conntrack and curl, external etcd members
+# etcd-server and every master etcd-client), plus openssl and python3-yaml for the kubeadm stand-in.
 PACKAGES = ("haproxy", "dnsmasq", "nftables", "keepalived", "containerd", "conntrack", "curl", "openssl",
-            "python3-yaml")
+            "python3-yaml", "etcd-server", "etcd-client")
 # Installing a package enables its service; labctl's builder (images/customize.sh) disables the
 # role daemons again, and each role enables what it uses.
 STANDIN_VERSION = "1.35.0-1.1+labctl.standin"  # the version table's default minor (images/kubernetes.yaml)

@@ -64,9 +64,9 @@ class Timings:
 
 def lab_yaml(name: str, image: Mapping[str, str], *, masters: int, workers: int,
              cni: tuple[str, str] | None = None, memory: int = 512, disk: int = 4, k8s_memory: int | None = None,
-             extra: Mapping[str, Any] | None = None) -> str:
-    """lab.yaml of an e2e lab: TCG, the smallest sizes the roles allow, the test image; ``extra`` is
-    merged in (apt_mirror, kubernetes.apt_url, more node roles…)."""
+             lbs: int = 1, etcd: int = 0, extra: Mapping[str, Any] | None = None) -> str:
+    """lab.yaml of an e2e lab: TCG, the smallest sizes the roles allow, the test image; ``etcd`` members
+    of an external etcd (0: stacked); ``extra`` is merged in (apt_mirror, kubernetes.apt_url…)."""
     size = {"cpus": 1, "memory": memory, "disk": disk}
     k8s_size = {**size, "memory": k8s_memory or memory}
     data: dict[str, Any] = {
@@ -74,9 +74,12 @@ def lab_yaml(name: str, image: Mapping[str, str], *, masters: int, workers: int,
         "accel": "tcg",
         "image": dict(image),
         "kubernetes": {"enforce_minimums": False},
-        "nodes": {"gateway": size, "lb": size, "master": {**k8s_size, "count": masters},
+        "nodes": {"gateway": size, "lb": {**size, "count": lbs}, "master": {**k8s_size, "count": masters},
                   "worker": {**k8s_size, "count": workers}},
     }
+    if etcd:
+        data["kubernetes"]["etcd"] = "external"
+        data["nodes"]["etcd"] = {**size, "count": etcd}
     if cni is not None:
         data["kubernetes"]["cni_manifest"] = {"url": cni[0], "sha256": cni[1]}
     for key, value in (extra or {}).items():
@@ -118,6 +121,11 @@ class Lab:
         """labctl on the host (libvirt by unix socket, the image from 127.0.0.1)."""
         return subprocess.run([sys.executable, "-m", "labctl", *args], capture_output=True, text=True,
                               env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def labctl_in_netns(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """labctl inside the namespace: the commands that reach the nodes over ssh (etcd, drill)."""
+        return subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-m", "labctl", *args],
+                              capture_output=True, text=True, env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def up(self, timeout: float, log: Path, argv: Sequence[str] | None = None) -> tuple[int, list[tuple[float, str]]]:
         """``labctl up`` (or ``argv``), its stderr streamed with elapsed times; (exit status, lines)."""

@@ -36,7 +36,9 @@ HERE = Path(__file__).resolve().parent
 TIMINGS_REPORT = HERE.parent.parent / "build" / "e2e-timings.json"
 LAB = "e2e"
 SABOTAGED = "e2ebad"
-MAIN_NODES = ["gateway", "lb1", "master1", "master2", "master3", "worker1"]
+# Two load balancers: the API name is keepalived's VIP, and `labctl drill lb` has somewhere to move it.
+MAIN_SHAPE = {"masters": 3, "workers": 1, "lbs": 2}
+MAIN_NODES = ["gateway", "lb1", "lb2", "master1", "master2", "master3", "worker1"]
 NETNS_PORT = 18080
 UP_TIMEOUT = 2400  # a cold six-node lab under TCG on two cores
 SMALL_UP_TIMEOUT = 1500
@@ -92,8 +94,10 @@ def serve_cni(server: HTTPTestServer, body: bytes = CNI_MANIFEST) -> tuple[str, 
     return server.add("/cni.yaml", body), hashlib.sha256(body).hexdigest()
 
 
-def lab_text(name: str, image: dict[str, str], masters: int, workers: int, cni: tuple[str, str]) -> str:
-    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni)
+def lab_text(name: str, image: dict[str, str], masters: int, workers: int, cni: tuple[str, str],
+             **shape: int) -> str:
+    """lab.yaml of an e2e lab (``shape``: lbs, etcd) with the CNI manifest the test's server serves."""
+    return lab_yaml(name, image, masters=masters, workers=workers, cni=cni, **shape)
 
 
 def destroy_lab(lab: Lab) -> None:
@@ -190,8 +194,11 @@ def served_image(stack: contextlib.ExitStack, server: HTTPTestServer, image: Bui
 
 
 @contextlib.contextmanager
-def running_lab(work: Path) -> Iterator[E2E]:
-    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up`."""
+def running_lab(work: Path, name: str = LAB, shape: dict[str, int] | None = None,
+                up_timeout: float = UP_TIMEOUT) -> Iterator[E2E]:
+    """Build or take the image, serve it, start the daemons and the namespace server, `labctl up` of lab
+    ``name`` shaped as ``shape`` (masters, workers, lbs, etcd; default the main lab's)."""
+    shape = shape or MAIN_SHAPE
     with lab_session(work, "e2e") as session:
         timings, stack, daemon = session.timings, session.stack, session.daemon
         with timings.measure("image: build or take from cache"):
@@ -200,14 +207,15 @@ def running_lab(work: Path) -> Iterator[E2E]:
         server = stack.enter_context(HTTPTestServer())
         entry = served_image(stack, server, image)
         cni = serve_cni(server)
-        lab = lab_for(daemon, work, LAB, lab_text(LAB, entry, masters=3, workers=1, cni=cni))
+        lab = lab_for(daemon, work, name, lab_text(name, entry, cni=cni, **shape))
         netns_server = NetnsServer(daemon.netns, NETNS_PORT, work / "netns-server.jsonl")
         stack.callback(netns_server.stop)
         netns_server.start()
         stack.callback(destroy_lab, lab)
-        with timings.measure("labctl up: 6 nodes from nothing to ready"):
-            code, lines = lab.up(UP_TIMEOUT, work / "up.log")
-        timings.notes["up_phases"] = phase_timeline(lines, MAIN_NODES)
+        nodes = list(lab.plan.node_names)
+        with timings.measure(f"labctl up: {len(nodes)} nodes from nothing to ready"):
+            code, lines = lab.up(up_timeout, work / "up.log")
+        timings.notes["up_phases"] = phase_timeline(lines, nodes)
         assert code == 0, f"labctl up exited {code}:\n{failure_report(lab, lines)}"
         assert server.seen("/labctl-e2e.qcow2"), "labctl did not download the image from the test server"
         assert server.seen("/cni.yaml"), "labctl did not fetch the CNI manifest from the test server"

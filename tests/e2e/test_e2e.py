@@ -4,11 +4,12 @@ As root, the run makes its own network namespace with its own virtlogd and libvi
 (tests/harness), builds (or takes from the machine's cache) an offline image with labctl's own
 builder, pre-baked and carrying the kubeadm/kubelet/kubectl stand-ins (tests/e2e/standin), serves
 it on 127.0.0.1 with its SHA-512 so labctl's real download-and-verify path runs, and boots
-gateway, lb1, master1..3 and worker1 with ``labctl up``. The checks look from inside the VMs
-through ``labctl ssh``, run inside the namespace. Whatever happens, the teardown destroys the
-lab, ends every process it started by its pid and deletes the namespace. The wall time of each
-phase and the total are printed (``pytest -s``) and written to timings.json in the test's tmp dir
-and to build/e2e-timings.json (shown at the end of the test run). ``make e2e`` runs this alone.
+gateway, lb1, lb2 (keepalived holds the API address), master1..3 and worker1 with ``labctl up``.
+The checks look from inside the VMs through ``labctl ssh``, run inside the namespace (so do the
+``lb`` and ``master`` drills). Whatever happens, the teardown destroys the lab, ends every process
+it started by its pid and deletes the namespace. The wall time of each phase and the total are
+printed (``pytest -s``) and written to timings.json in the test's tmp dir and to
+build/e2e-timings.json (shown at the end of the test run). ``make e2e`` runs this alone.
 """
 
 from __future__ import annotations
@@ -220,6 +221,39 @@ def test_4_haproxy_marks_a_master_down_when_its_apiserver_stops(e2e: E2E) -> Non
     wait_for_states(e2e, all_up)
 
 
+# --- 4b, 4c. drills: the load balancer holding the VIP, then a master, powered off and back --------------
+
+
+def drill(e2e: E2E, name: str) -> dict[str, Any]:
+    began = time.monotonic()
+    done = e2e.lab.labctl_in_netns("drill", name, "--output", "json", timeout=1500)
+    assert done.returncode == 0, f"drill {name} exited {done.returncode}: {done.stdout[-3000:]} {done.stderr[-3000:]}"
+    result = json.loads(done.stdout)
+    result["took_s"] = round(time.monotonic() - began, 1)
+    e2e.timings.notes[f"drill_{name}"] = result
+    assert result["held"] and result["restored"], json.dumps(result, indent=2)
+    return result
+
+
+def test_4b_drill_lb_moves_the_vip_to_lb2_and_the_api_keeps_answering(e2e: E2E) -> None:
+    stop, start = drill(e2e, "lb")["steps"]
+    assert stop["name"] == "stop lb1" and stop["observed"]["vip_on"] == "lb2", stop
+    assert stop["observed"]["api_steady_after_s"] is not None and stop["observed"]["probes"] > 0, stop
+    print(f"[e2e] drill lb: {stop['observed']['failed_probes']} of {stop['observed']['probes']} probes failed while "
+          f"the VIP moved ({stop['observed']['vip_moved_after_s']}s)", flush=True)
+    assert start["observed"]["vip_on"] == "lb1", start
+
+
+def test_4c_drill_master_haproxy_routes_around_a_stopped_master(e2e: E2E) -> None:
+    stop, start = drill(e2e, "master")["steps"]
+    assert stop["name"] == "stop master3" and stop["observed"]["haproxy"]["master3"].startswith("DOWN"), stop
+    assert stop["observed"]["haproxy"]["master1"] == "UP" and stop["observed"]["haproxy"]["master2"] == "UP", stop
+    print(f"[e2e] drill master: {stop['observed']['failed_probes']} of {stop['observed']['probes']} probes failed "
+          f"until HAProxy marked master3 DOWN ({stop['observed']['marked_down_after_s']}s)", flush=True)
+    assert start["observed"]["haproxy"]["master3"] == "UP", start
+    wait_for_states(e2e, {f"master{i}": "UP" for i in (1, 2, 3)})
+
+
 # --- 5. what kubeadm, kubectl and kubelet were asked to do ----------------------------------
 
 
@@ -399,13 +433,13 @@ def test_9_stop_then_start_brings_the_lab_back_to_ready_with_the_same_addresses(
         return {node: macs for node, macs in wrong.items() if macs}
 
     assert off_plan(addresses(e2e)) == {}
-    with e2e.timings.measure("labctl stop (6 nodes)"):
+    with e2e.timings.measure(f"labctl stop ({len(MAIN_NODES)} nodes)"):
         stopped = lab.labctl("stop", timeout=900)
     assert stopped.returncode == 0, stopped.stderr
     status = lab.labctl("status", "--output", "json", timeout=120)
     assert [(r["name"], r["state"]) for r in json.loads(status.stdout)] == [(n, "shut off") for n in MAIN_NODES]
     argv = [sys.executable, "-m", "labctl", "start", "--timeout", str(SMALL_UP_TIMEOUT)]
-    with e2e.timings.measure("labctl start: 6 nodes back to ready"):
+    with e2e.timings.measure(f"labctl start: {len(MAIN_NODES)} nodes back to ready"):
         code, lines = lab.up(SMALL_UP_TIMEOUT, e2e.work / "start.log", argv=argv)
     e2e.timings.notes["start_phases"] = phase_timeline(lines, MAIN_NODES)
     assert code == 0, failure_report(lab, lines)
@@ -488,7 +522,7 @@ def test_12_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -
     assert [(r["name"], r["state"]) for r in json.loads(status.stdout)] == [(n, "running") for n in MAIN_NODES]
     lab_id = json.loads((lab.state_dir / "lab.json").read_text())["id"]
     assert lab_objects(e2e, LAB, lab_id), "the lab's objects should be there before destroy"
-    with e2e.timings.measure("labctl destroy (6 nodes)"):
+    with e2e.timings.measure(f"labctl destroy ({len(MAIN_NODES)} nodes)"):
         gone = lab.labctl("destroy", "--yes", timeout=300)
     assert gone.returncode == 0, gone.stderr
     assert lab_objects(e2e, LAB, lab_id) == []

@@ -276,3 +276,79 @@ def test_the_standins_play_the_version_they_are_packaged_as(root: Path) -> None:
     assert tool(root, "kubeadm", "version", "-o", "short").stdout.strip() == "v1.35.0"  # no package: the default
     write(root, "/usr/lib/labctl-standin/VERSION", "1.34.2-1.1+labctl.standin\n")
     assert tool(root, "kubeadm", "version", "-o", "short").stdout.strip() == "v1.34.2"
+
+
+class EtcdVersion:
+    """A TLS server on 127.0.0.1 that, like etcd with client-cert-auth, answers /version only to a client
+    certificate signed by its CA: kubeadm's ExternalEtcdVersion preflight talks to it."""
+
+    def __init__(self, root: Path) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from labctl.pki.x509 import new_leaf_cert
+
+        now = datetime.now(UTC)
+        ca, ca_key = new_ca("etcd-ca", now)
+        server, server_key = new_leaf_cert(ca, ca_key, "etcd1", now, usage="server", addresses=["127.0.0.1"])
+        client, client_key = new_leaf_cert(ca, ca_key, "kube-apiserver-etcd-client", now)
+        self.files = {"/etc/kubernetes/pki/etcd/ca.crt": ca, "/etc/kubernetes/pki/apiserver-etcd-client.crt": client,
+                      "/etc/kubernetes/pki/apiserver-etcd-client.key": client_key}
+        for name, text in self.files.items():
+            write(root, name, text)
+        work = root / "etcd-server"
+        work.mkdir()
+        (work / "server.crt").write_text(server)
+        (work / "server.key").write_text(server_key)
+        (work / "ca.crt").write_text(ca)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(work / "server.crt", work / "server.key")
+        context.load_verify_locations(work / "ca.crt")
+        context.verify_mode = ssl.CERT_REQUIRED
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = json.dumps({"etcdserver": "3.5.16", "etcdcluster": "3.5.0"}).encode()
+                self.send_response(200 if self.path == "/version" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> EtcdVersion:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def external_config(endpoints: list[str]) -> str:
+    return INIT_CONFIG + (
+        "etcd:\n  external:\n    endpoints: [" + ", ".join(endpoints) + "]\n"
+        "    caFile: /etc/kubernetes/pki/etcd/ca.crt\n"
+        "    certFile: /etc/kubernetes/pki/apiserver-etcd-client.crt\n"
+        "    keyFile: /etc/kubernetes/pki/apiserver-etcd-client.key\n")
+
+
+def test_init_with_external_etcd_asks_every_endpoint_for_its_version_first(root: Path) -> None:
+    with EtcdVersion(root) as etcd:
+        done = tool(root, "kubeadm", "init", "--config", write(root, "/etc/k.yaml", external_config([etcd.url])))
+        assert done.returncode == 0, done.stderr
+        [entry] = calls(root)
+        assert entry["etcd_external_versions"] == {etcd.url: "3.5.16"}
+        assert entry["pki"]["apiserver-etcd-client.crt"] == hashlib.sha256(
+            etcd.files["/etc/kubernetes/pki/apiserver-etcd-client.crt"].encode()).hexdigest()
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            dead = f"https://127.0.0.1:{unused.getsockname()[1]}"
+        done = tool(root, "kubeadm", "init", "--config", write(root, "/etc/k.yaml", external_config([etcd.url, dead])))
+        assert done.returncode == 1 and "ExternalEtcdVersion" in done.stderr and dead in done.stderr

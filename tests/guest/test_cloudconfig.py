@@ -140,15 +140,21 @@ def test_master1_carries_the_adapted_cni_manifest_compressed(plan, secrets):
 
 
 def test_role_phases_are_the_ones_the_scripts_report(big_plan):
-    scripts = "".join(read_text("cloud-init", f"scripts/{name}")
-                      for name in ("bootstrap", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh"))
+    scripts = "".join(read_text("cloud-init", f"scripts/{name}") for name in
+                      ("bootstrap", "gateway.sh", "lb.sh", "etcd.sh", "k8s-node.sh", "master.sh", "worker.sh"))
     reported = set(re.findall(r"^\s*(?:phase|step) ([a-z-]+)", scripts, re.M))
     seen = set()
-    for node in big_plan.nodes:
-        phases = role_phases(big_plan, node)
-        assert phases[0] == "start" and phases[-1] == "ready"
-        seen.update(phases)
+    external = plan_lab(parse_lab("kubernetes: {etcd: external}", "external"))
+    for the_plan in (big_plan, external):
+        for node in the_plan.nodes:
+            phases = role_phases(the_plan, node)
+            assert phases[0] == "start" and phases[-1] == "ready"
+            seen.update(phases)
     assert seen == reported
+    assert role_phases(external, external.node("etcd2")) == ("start", "network", "packages", "etcd", "health", "ready")
+    assert "wait-etcd" in role_phases(external, external.node("master1"))
+    assert "wait-etcd" not in role_phases(external, external.node("master2"))
+    assert "wait-etcd" not in role_phases(big_plan, big_plan.node("master1"))
     assert role_phases(big_plan, big_plan.node("master1"))[-5:] == ("wait-lb", "kubeadm-init", "cni", "kubeconfig",
                                                                     "ready")
     assert "wait-previous" in role_phases(big_plan, big_plan.node("master2"))

@@ -21,7 +21,7 @@ from labctl.resources import data_file, read_text
 from tests.guest.manifests import FLANNEL, with_cni
 
 ENTRY_POINTS = ("bootstrap", "retry", "refresh")  # executables; the rest are sourced
-SCRIPTS = (*ENTRY_POINTS, "lib.sh", "gateway.sh", "lb.sh", "k8s-node.sh", "master.sh", "worker.sh")
+SCRIPTS = (*ENTRY_POINTS, "lib.sh", "gateway.sh", "lb.sh", "etcd.sh", "k8s-node.sh", "master.sh", "worker.sh")
 STUB = """#!/bin/sh
 {{ for arg in "$@"; do printf '%s\\n' "$arg"; done; echo @@; }} >>"$STUB_LOG/{name}"
 {body}

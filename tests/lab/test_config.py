@@ -6,13 +6,16 @@ import pytest
 
 from labctl.errors import ConfigError
 from labctl.lab.config import derived_cidrs, load_lab, parse_lab
+from labctl.lab.model import RoleSpec
+from labctl.lab.plan import plan_lab
 
 
 def test_default_lab_has_the_documented_topology():
     lab = load_lab()
     assert lab.name == "k8s"
     assert lab.domain == "k8s.internal"
-    assert [(r.role, r.count) for r in lab.roles] == [("gateway", 1), ("lb", 1), ("master", 3), ("worker", 2)]
+    assert [(r.role, r.count) for r in lab.roles] == [("gateway", 1), ("lb", 1), ("etcd", 0), ("master", 3),
+                                                      ("worker", 2)]
     master = lab.role("master")
     assert master.cpus >= 2 and master.memory >= 2048
     assert lab.internal.mode == "isolated" and lab.internal.bridge is None
@@ -77,6 +80,14 @@ INVALID = [
     ("nodes: {lb: {count: 3}}", "nodes.lb.count: expected an integer 1–2, got 3"),
     ("nodes: {lb: {count: 0}}", "nodes.lb.count: expected an integer 1–2, got 0"),
     ("nodes: {worker: {count: -1}}", "nodes.worker.count: expected an integer 0–50, got -1"),
+    ("nodes: {etcd: {count: 3}}", "nodes.etcd: etcd nodes need kubernetes.etcd: external"),
+    ("nodes: {etcd: {}}", "nodes.etcd: etcd nodes need kubernetes.etcd: external"),
+    ("kubernetes: {etcd: external}\nnodes: {etcd: {count: 4}}",
+     "nodes.etcd.count: expected 3, 5 or 7, got 4: a quorum is a majority"),
+    ("kubernetes: {etcd: external}\nnodes: {etcd: {count: 1}}", "nodes.etcd.count: expected an integer 3–7, got 1"),
+    ("kubernetes: {etcd: external}\nnodes: {etcd: {memory: 256}}", "nodes.etcd.memory: expected MiB ≥ 512, got 256"),
+    ("kubernetes: {etcd: external}\nnodes: {etcd: {size: 3}}", "nodes.etcd.size: unknown key"),
+    ("kubernetes: {etcd: extrnal}", 'kubernetes.etcd: expected one of stacked, external, got "extrnal"'),
     ("nodes: {gateway: {count: 2}}", "nodes.gateway.count: unknown key; valid keys: cpus, memory, disk"),
     ("nodes: {master: {cpus: 1}}", "nodes.master.cpus: expected vCPUs ≥ 2, got 1"),
     ("nodes: {master: {memory: 1024}}", "nodes.master.memory: expected MiB ≥ 1700, got 1024"),
@@ -152,3 +163,21 @@ def test_unreadable_and_binary_files(tmp_path):
     huge.write_bytes(b"#" * (2 << 20))
     with pytest.raises(ConfigError, match=r"larger than 1 MiB"):
         load_lab(huge)
+
+
+def test_external_etcd_gets_three_members_by_default_booted_before_the_masters():
+    lab = parse_lab("kubernetes: {etcd: external}", "t")
+    assert lab.kubernetes.etcd == "external"
+    assert lab.role("etcd") == RoleSpec("etcd", 3, 1, 1024, 8)
+    plan = plan_lab(lab)
+    names = list(plan.node_names)
+    assert names[:6] == ["gateway", "lb1", "etcd1", "etcd2", "etcd3", "master1"]
+    assert [str(node.internal.address.ip).rsplit(".", 1)[1] for node in plan.nodes_of("etcd")] == ["101", "102", "103"]
+    assert plan.node("etcd2").fqdn == "etcd2.k8s.internal"
+
+
+def test_the_largest_lab_has_no_address_twice():
+    plan = plan_lab(parse_lab("kubernetes: {etcd: external}\nnodes: {master: {count: 7}, worker: {count: 50}, "
+                              "etcd: {count: 7}, lb: {count: 2}}", "t"))
+    addresses = [node.internal.address.ip for node in plan.nodes] + [plan.api_address]
+    assert len(addresses) == len(set(addresses)) == 1 + 2 + 7 + 7 + 50 + 1  # and the VIP

@@ -66,3 +66,14 @@ def test_changes_that_cannot_be_applied_are_listed():
     moved = unappliable_changes(built, fingerprint("nodes: {worker: {count: 1}, lb: {count: 2}}"))
     api = str(plan_lab(parse_lab("name: k8s", "t")).api_address)
     assert moved == [f"api {api} → {api.rsplit('.', 1)[0]}.10", "worker2 removed"], "a second LB moves the API to a VIP"
+
+
+def test_the_etcd_topology_and_its_members_are_fixed_once_built():
+    stacked, external = fingerprint("name: k8s"), fingerprint("kubernetes: {etcd: external}")
+    assert unappliable_changes(stacked, external) == ["etcd stacked → external"]
+    five = fingerprint("kubernetes: {etcd: external}\nnodes: {etcd: {count: 5}}")
+    assert unappliable_changes(external, five) == [f"etcd{i} added (etcd members are fixed when the cluster forms)"
+                                                   for i in (4, 5)]
+    assert unappliable_changes(external, fingerprint("kubernetes: {etcd: external}\nnodes: {worker: {count: 3}}")) == []
+    older = {key: value for key, value in stacked.items() if key != "etcd"}  # recorded before labctl knew etcd
+    assert unappliable_changes(older, stacked) == []

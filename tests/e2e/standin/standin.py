@@ -7,6 +7,9 @@ appends one JSON line to /var/lib/labctl-standin/calls.jsonl: the tool, its argv
 the --config file's full text, the sha256 of /etc/kubernetes/pki/ca.crt and of every file under
 /etc/kubernetes/pki, and for ``kubectl -f FILE`` the sha256 and text of FILE.
 
+``kubeadm init`` with ``etcd.external`` first asks every endpoint for its /version with the configured CA and
+client certificate, as kubeadm's preflight does, records the answers and fails if one does not answer.
+
 ``kubeadm reset`` records the call and removes what kubeadm's reset removes: the kubeconfigs and
 static pod manifests under /etc/kubernetes, everything under /etc/kubernetes/pki, and the fake API
 server (stopped, disabled). Failures on purpose, for the end-to-end drills, are files a test puts on
@@ -317,9 +320,26 @@ def api_endpoint(command: str, config: dict[str, dict]) -> str:
     return str(endpoint) if ":" in str(endpoint) else f"{endpoint}:{PORT}"
 
 
+def external_etcd_versions(external: dict) -> dict[str, str]:
+    """kubeadm's ExternalEtcdVersion preflight: every endpoint's /version, over TLS with the configured files."""
+    context = ssl.create_default_context(cafile=path(external["caFile"]))
+    context.load_cert_chain(path(external["certFile"]), path(external["keyFile"]))
+    versions = {}
+    for endpoint in external.get("endpoints") or []:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/version", timeout=10, context=context) as resp:  # noqa: S310
+                versions[endpoint] = json.loads(resp.read())["etcdserver"]
+        except (OSError, ValueError, KeyError) as err:
+            raise StandinError(f"[preflight] ExternalEtcdVersion: {endpoint}: {err}") from err
+    return versions
+
+
 def bring_up(command: str, config: dict[str, dict], entry: dict) -> None:
     """What init / join do on the node, recorded into ``entry``."""
     endpoint = api_endpoint(command, config)
+    external = (config.get("ClusterConfiguration") or {}).get("etcd", {}).get("external")
+    if command == "init" and external:
+        entry["etcd_external_versions"] = external_etcd_versions(external)
     if command == "join":
         bootstrap = config["JoinConfiguration"]["discovery"]["bootstrapToken"]
         entry["probe"] = discover(endpoint, list(bootstrap.get("caCertHashes") or []))
