@@ -135,10 +135,21 @@ class Lab:
     def ssh(self, node: str, *argv: str, stdin: str | None = None,
             timeout: float = SSH_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """``labctl ssh NODE -- ARGV`` inside the namespace; ARGV is quoted for the node's shell."""
-        command = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "labctl", "ssh", node, "--",
-                   shlex.join(argv)]
-        return subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout,
-                              input=stdin if stdin is not None else "")
+        return subprocess.run(self._ssh_command(node, argv), capture_output=True, text=True, env=self.env,
+                              timeout=timeout, input=stdin if stdin is not None else "")
+
+    def put(self, node: str, source: Path, target: str, mode: str = "0755", timeout: float = SSH_TIMEOUT) -> None:
+        """Copy host file ``source`` to ``target`` on ``node`` (root's, ``mode``), streamed over ``labctl ssh``;
+        it appears by rename, whole or not at all."""
+        script = 'set -e; mkdir -p "${1%/*}"; cat >"$1.partial"; chmod "$2" "$1.partial"; mv -f "$1.partial" "$1"'
+        with source.open("rb") as data:
+            done = subprocess.run(self._ssh_command(node, ("sudo", "sh", "-c", script, "sh", target, mode)),
+                                  stdin=data, capture_output=True, env=self.env, timeout=timeout)
+        assert done.returncode == 0, f"{node}: copying {source} to {target} failed: {done.stderr[-2000:]!r}"
+
+    def _ssh_command(self, node: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, sys.executable, "-m", "labctl", "ssh", node, "--",
+                shlex.join(argv)]
 
     def each_node(self, call: Callable[[str], T]) -> dict[str, T]:
         """``call(node)`` for every node at once (each is bound by its own VM's CPU under TCG, not by the

@@ -2,90 +2,34 @@
 
 kubeadm and the pin helper are built on first use and cached under $LABCTL_TEST_CACHE (minutes cold,
 about a second warm: see tests/kubeadm/tooling.py). Without go these tests skip, saying why (in CI they
-fail: CI has go). kubeadm runs with a temporary HOME and no network: in an empty network namespace
-where the run is root, else behind a proxy address nothing listens on, so "stable-1.35" falls back to
-kubeadm's own version instead of asking the internet.
+fail: CI has go). kubeadm runs with a temporary HOME and no network (tests/kubeadm/labs.py), so
+"stable-1.35" falls back to kubeadm's own version instead of asking the internet. Every check runs for
+every lab shape and minor of tests/kubeadm/labs.py (the fixtures are in conftest.py).
 """
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from labctl.guest.cloudconfig import role_config
-from labctl.guest.roles import KUBEADM_CONFIG
-from labctl.lab.config import parse_lab
-from labctl.lab.plan import plan_lab
-from labctl.lab.state import LabState
-from labctl.pki.secrets import ensure_secrets
 from labctl.pki.x509 import ca_cert_hash
-from tests.guest.manifests import with_cni
 from tests.kubeadm.gomodule import HERE, KUBERNETES, PIN_PACKAGE, parse_release, required_version
 from tests.kubeadm.gotool import Go
-from tests.kubeadm.tooling import (
-    Job,
-    crictl_binary,
-    ensure_binary,
-    kubeadm_binary,
-    or_skip,
-    pin_binary,
-    resolve_release,
-)
+from tests.kubeadm.labs import run_offline
+from tests.kubeadm.tooling import Job, crictl_binary, ensure_binary, or_skip, resolve_release
 
 pytestmark = [pytest.mark.slow, pytest.mark.kubeadm]  # part of `make test`; `make test-kubeadm` runs them alone
 
-UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, a request fails at once
 
-
-@pytest.fixture(scope="session")
-def release() -> str:
-    return or_skip(lambda: resolve_release(Go.find()))
-
-
-@pytest.fixture(scope="session")
-def kubeadm(release) -> Path:
-    return or_skip(kubeadm_binary, release)
-
-
-@pytest.fixture(scope="session")
-def kubeadm_pin(release) -> Path:
-    return or_skip(pin_binary, release)
-
-
-@pytest.fixture(scope="module")
-def lab(release, tmp_path_factory):
-    """The default lab at kubeadm's own minor, with its secrets: (plan, secrets)."""
-    major, minor, _ = parse_release(release)
-    plan = with_cni(plan_lab(parse_lab(f'kubernetes: {{version: "{major}.{minor}"}}\n',
-                                       "default lab at kubeadm's minor")))
-    return plan, ensure_secrets(LabState.for_lab(plan.lab.name, tmp_path_factory.mktemp("state")), plan)
-
-
-@pytest.fixture(scope="module")
-def kubeadm_configs(lab, tmp_path_factory) -> dict[str, Path]:
-    """Every node's /etc/labctl/kubeadm.yaml as its seed carries it, written to files: node name -> path."""
-    plan, secrets = lab
-    directory = tmp_path_factory.mktemp("kubeadm-configs")
-    paths = {}
-    for node in plan.nodes:
-        files = {entry["path"]: entry["content"] for entry in role_config(plan, node, secrets)["write_files"]}
-        if KUBEADM_CONFIG in files:
-            paths[node.name] = directory / f"{node.name}.yaml"
-            paths[node.name].write_text(files[KUBEADM_CONFIG])
-    return paths
-
-
-def run_offline(argv: list[str], home: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with ``home`` as HOME, no network, a minimal environment; output captured."""
-    env = {"HOME": str(home), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "HTTPS_PROXY": UNREACHABLE_PROXY, "HTTP_PROXY": UNREACHABLE_PROXY, "NO_PROXY": ""}
-    unshare = shutil.which("unshare")
-    if os.geteuid() == 0 and unshare:
-        argv = [unshare, "--net", *argv]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+def one_node_per_kind(plan, configs: dict[str, Path]) -> list[str]:
+    """The first node of each kind of kubeadm configuration: init, control-plane join, worker join."""
+    kinds: dict[str, str] = {}
+    for name in configs:
+        node = plan.node(name)
+        kind = "init" if node.role == "master" and node.index == 1 else f"{node.role} join"
+        kinds.setdefault(kind, name)
+    return list(kinds.values())
 
 
 def test_kubeadm_is_the_release(kubeadm, release, tmp_path):
@@ -129,23 +73,25 @@ def test_crictl_is_the_pinned_cri_tools():
     assert result.stdout.strip() == f"crictl version {version.removeprefix('v')}"
 
 
-def test_every_kubeadm_config_labctl_renders_validates(kubeadm, kubeadm_configs, tmp_path):
-    assert sorted(kubeadm_configs) == ["master1", "master2", "master3", "worker1", "worker2"]
+def test_every_kubeadm_config_labctl_renders_validates(kubeadm, lab, kubeadm_configs, tmp_path):
+    plan, _ = lab
+    assert {node.name for node in plan.nodes if node.role in ("master", "worker")} <= set(kubeadm_configs)
     for name, path in kubeadm_configs.items():
         result = run_offline([str(kubeadm), "config", "validate", "--config", str(path)], tmp_path)
         assert result.returncode == 0, f"{name}: kubeadm config validate said:\n{result.stdout}{result.stderr}"
         assert result.stdout.strip() == "ok", name
 
 
-@pytest.mark.parametrize("node", ["master1", "master2", "worker1"])
-def test_kubeadm_refuses_an_unknown_field(node, kubeadm, kubeadm_configs, tmp_path):
-    documents = list(yaml.safe_load_all(kubeadm_configs[node].read_text()))
-    documents[0]["nodeRegistration"]["notAField"] = True
-    broken = tmp_path / f"{node}-unknown-field.yaml"
-    broken.write_text(yaml.safe_dump_all(documents, explicit_start=True))
-    result = run_offline([str(kubeadm), "config", "validate", "--config", str(broken)], tmp_path)
-    assert result.returncode != 0
-    assert 'unknown field "nodeRegistration.notAField"' in result.stderr
+def test_kubeadm_refuses_an_unknown_field(kubeadm, lab, kubeadm_configs, tmp_path):
+    plan, _ = lab
+    for node in one_node_per_kind(plan, kubeadm_configs):
+        documents = list(yaml.safe_load_all(kubeadm_configs[node].read_text()))
+        documents[0]["nodeRegistration"]["notAField"] = True
+        broken = tmp_path / f"{node}-unknown-field.yaml"
+        broken.write_text(yaml.safe_dump_all(documents, explicit_start=True))
+        result = run_offline([str(kubeadm), "config", "validate", "--config", str(broken)], tmp_path)
+        assert result.returncode != 0, node
+        assert 'unknown field "nodeRegistration.notAField"' in result.stderr, node
 
 
 @pytest.mark.parametrize("node", ["master1", "worker1"])
