@@ -33,6 +33,7 @@ import yaml
 from labctl.backends.libvirt.xml import read_tag
 from labctl.guest.roles import NIC_NAMES, STATS_PORT
 from labctl.pki.x509 import ca_cert_hash
+from tests.e2e import etcd_checks
 from tests.e2e.lab import Lab, phase_timeline
 from tests.e2e.preflight import carry_tools, cri_status, master_preflight, problems, worker_preflight
 from tests.e2e.session import (
@@ -56,6 +57,7 @@ from tests.e2e.session import (
 from tests.kubeadm.tooling import or_skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+SMALL_NODES = ["gateway", "lb1", "etcd1", "etcd2", "etcd3", "master1"]
 PREFLIGHT_NODES = ("master1", "worker1")
 
 
@@ -557,26 +559,65 @@ def test_12_status_then_destroy_leaves_nothing_and_a_second_up_boots(e2e: E2E) -
     left = sorted(p.name for p in lab.state_dir.iterdir()) if lab.state_dir.exists() else []
     assert left in ([], ["lock"]), f"destroy left {left} in the lab's state dir"
 
-    small = lab_for(e2e.daemon, e2e.work, LAB, lab_text(LAB, e2e.image_entry, masters=1, workers=0, cni=e2e.cni))
-    with e2e.timings.measure("labctl up again: 3 nodes to ready"):
+    # The second lab is the other topology: one master on an external etcd of three members (checks 12b-12g),
+    # then grown by a worker (check 13), which destroys it.
+    small = lab_for(e2e.daemon, e2e.work, LAB, small_lab_text(e2e, workers=0))
+    with e2e.timings.measure(f"labctl up again, external etcd: {len(SMALL_NODES)} nodes to ready"):
         code, lines = small.up(SMALL_UP_TIMEOUT, e2e.work / "up-again.log")
-    e2e.timings.notes["up_again_phases"] = phase_timeline(lines, ["gateway", "lb1", "master1"])
+    e2e.timings.notes["up_again_phases"] = phase_timeline(lines, SMALL_NODES)
+    e2e.facts["small"] = small
     assert code == 0, failure_report(small, lines)
     assert small.ssh_ok("master1", "hostname").strip() == "master1"
-    e2e.facts["small"] = small  # grown by check 13, which destroys it
+
+
+def small_lab_text(e2e: E2E, workers: int) -> str:
+    return lab_text(LAB, e2e.image_entry, masters=1, workers=workers, cni=e2e.cni, etcd=3)
+
+
+def small_lab(e2e: E2E) -> Lab:
+    if "small" not in e2e.facts:
+        pytest.fail("the second lab was not made (check 12 failed before `labctl up`)")
+    return e2e.facts["small"]
+
+
+# --- 12b-12g. external etcd: real etcd 3.5 on etcd1..3, labctl etcd, the member drill, a restore -----------
+
+
+def test_12b_kubeadm_init_config_names_the_etcd_members_and_the_hosts_files(e2e: E2E) -> None:
+    e2e.timings.notes["etcd_init_config"] = etcd_checks.check_init_config(small_lab(e2e))
+
+
+def test_12c_every_etcd_member_is_healthy_from_master1_with_the_apiserver_certificate(e2e: E2E) -> None:
+    etcd_checks.check_cluster_health(small_lab(e2e))
+
+
+def test_12d_labctl_etcd_status_shows_every_member_and_one_leader(e2e: E2E) -> None:
+    e2e.timings.notes["etcd_status"] = etcd_checks.check_status(small_lab(e2e))
+
+
+def test_12e_labctl_etcd_snapshot_save_gives_a_verified_file(e2e: E2E) -> None:
+    e2e.timings.notes["etcd_snapshot"] = etcd_checks.check_snapshot_save(small_lab(e2e), e2e.work)
+
+
+def test_12f_the_etcd_member_drill_holds_with_one_down_and_loses_quorum_with_two(e2e: E2E) -> None:
+    e2e.timings.notes["etcd_member_drill"] = etcd_checks.check_member_drill(small_lab(e2e))
+
+
+def test_12g_a_restore_brings_back_the_key_before_the_snapshot_and_not_the_one_after(e2e: E2E) -> None:
+    e2e.timings.notes["etcd_restore"] = etcd_checks.check_restore(small_lab(e2e), e2e.work)
 
 
 # --- 13. a running lab grows by a worker ----------------------------------------------------------
 
 
 def test_13_a_worker_added_to_lab_yaml_joins_the_running_lab_with_a_fresh_token(e2e: E2E) -> None:
-    small: Lab = e2e.facts["small"]
+    small = small_lab(e2e)
     try:
         haproxy_before = small.ssh_ok("lb1", "sudo", "sha256sum", "/etc/haproxy/haproxy.cfg")
         first_token = (small.pki_dir / "token").read_text().strip()
         expired = time.time() - 2 * 86400  # as if the lab had been up for two days: kubeadm's token is gone
         os.utime(small.pki_dir / "token", (expired, expired))
-        grown = lab_for(e2e.daemon, e2e.work, LAB, lab_text(LAB, e2e.image_entry, masters=1, workers=1, cni=e2e.cni))
+        grown = lab_for(e2e.daemon, e2e.work, LAB, small_lab_text(e2e, workers=1))
         # `up` tells the running lab over ssh: run it inside the namespace, as everything that reaches a VM.
         argv = ["ip", "netns", "exec", grown.netns, sys.executable, "-m", "labctl", "up",
                 "--timeout", str(SMALL_UP_TIMEOUT)]
