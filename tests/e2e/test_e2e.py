@@ -6,7 +6,10 @@ builder, pre-baked and carrying the kubeadm/kubelet/kubectl stand-ins (tests/e2e
 it on 127.0.0.1 with its SHA-512 so labctl's real download-and-verify path runs, and boots
 gateway, lb1, lb2 (keepalived holds the API address), master1..3 and worker1 with ``labctl up``.
 The checks look from inside the VMs through ``labctl ssh``, run inside the namespace (so do the
-``lb`` and ``master`` drills). Whatever happens, the teardown destroys the lab, ends every process
+``lb`` and ``master`` drills). After check 12 destroys it, a second lab of the other topology boots
+in the same session: gateway, lb1, etcd1..3 (real etcd from Debian) and one master on them, for the
+external-etcd checks (tests/e2e/etcd_checks.py); check 13 grows it by a worker, check 14 boots a
+sabotaged three-node lab. Whatever happens, the teardown destroys the labs, ends every process
 it started by its pid and deletes the namespace. The wall time of each phase and the total are
 printed (``pytest -s``) and written to timings.json in the test's tmp dir and to
 build/e2e-timings.json (shown at the end of the test run). ``make e2e`` runs this alone.
