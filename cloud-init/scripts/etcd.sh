@@ -26,15 +26,15 @@ etcd_client() {
     etcd_packages etcd-client
 }
 
-# etcd_packages PACKAGE...: install (pinned to ETCD_PKG_VERSION, held) unless pre-baked.
+# etcd_packages PACKAGE...: install (pinned to ETCD_PKG_VERSION unless empty, held) unless pre-baked.
 etcd_packages() {
     _etcd_step=$LABCTL_PHASE
-    if have etcdctl && { [ "$1" = etcd-client ] || have etcd etcdutl; }; then
+    if installed "$@"; then
         echo "labctl: $* already installed (pre-baked image)"
     else
         _etcd_pins=
         for _etcd_pkg in "$@"; do
-            _etcd_pins="$_etcd_pins $_etcd_pkg=${ETCD_PKG_VERSION}*"
+            _etcd_pins="$_etcd_pins $_etcd_pkg${ETCD_PKG_VERSION:+=${ETCD_PKG_VERSION}*}"
         done
         # shellcheck disable=SC2086 # one word per package
         apt_install "$_etcd_step" $_etcd_pins
@@ -70,25 +70,24 @@ etcd_local_health() {
         --dial-timeout=5s --command-timeout=10s endpoint health >/dev/null 2>&1
 }
 
-# etcd_healthy_count: how many of ETCD_ENDPOINTS answer `endpoint health` with the apiserver's client cert.
-etcd_healthy_count() {
-    _etcd_healthy=0
+# etcd_unhealthy: the endpoints of ETCD_ENDPOINTS that do not answer `endpoint health` with the
+# apiserver's client certificate, one per line (none: all healthy).
+etcd_unhealthy() {
     for _etcd_endpoint in $(printf '%s\n' "$ETCD_ENDPOINTS" | tr ',' ' '); do
-        if etcdctl --endpoints="$_etcd_endpoint" --cacert="$ETCD_CA" --cert="$ETCD_CLIENT_CERT" \
-            --key="$ETCD_CLIENT_KEY" --dial-timeout=5s --command-timeout=10s endpoint health >/dev/null 2>&1; then
-            _etcd_healthy=$((_etcd_healthy + 1))
-        fi
+        etcdctl --endpoints="$_etcd_endpoint" --cacert="$ETCD_CA" --cert="$ETCD_CLIENT_CERT" \
+            --key="$ETCD_CLIENT_KEY" --dial-timeout=5s --command-timeout=10s endpoint health >/dev/null 2>&1 ||
+            echo "$_etcd_endpoint"
     done
-    echo "$_etcd_healthy"
 }
 
 etcd_all_healthy() {
-    [ "$(etcd_healthy_count)" -ge "$ETCD_MEMBERS" ]
+    [ -z "$(etcd_unhealthy)" ]
 }
 
 # etcd_wait_healthy: bounded wait until every external member is healthy (so a quorum serves writes, and
 # kubeadm's preflight, which asks every endpoint for its version, passes).
 etcd_wait_healthy() {
     wait_for "$ETCD_WAIT_TRIES" 5 etcd_all_healthy ||
-        fail wait-etcd "not all $ETCD_MEMBERS of $ETCD_ENDPOINTS healthy after $ETCD_WAIT_TRIES tries 5 s apart"
+        fail wait-etcd "etcd not healthy at $(etcd_unhealthy | tr '\n' ' ')after $ETCD_WAIT_TRIES tries 5 s apart" \
+            "(is that member up? labctl status)"
 }

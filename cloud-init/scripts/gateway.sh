@@ -14,7 +14,7 @@ gateway_main() {
 }
 
 gateway_packages() {
-    if ! have nft dnsmasq; then
+    if ! installed nftables dnsmasq; then
         apt_install packages nftables dnsmasq
     fi
 }

@@ -34,7 +34,7 @@ k8s_kernel() {
 }
 
 k8s_packages() {
-    if have containerd kubelet kubeadm kubectl curl; then
+    if installed containerd kubelet kubeadm kubectl curl; then
         echo "labctl: containerd and the Kubernetes tools are already installed (pre-baked image)"
     else
         k8s_install
@@ -42,7 +42,7 @@ k8s_packages() {
 }
 
 k8s_install() {
-    have curl || apt_install packages curl ca-certificates
+    installed curl ca-certificates || apt_install packages curl ca-certificates
     must packages install -d -m 0755 /etc/apt/keyrings
     if [ -n "$K8S_APT_KEY_URL" ]; then
         # An armored key with the .asc suffix works as signed-by without gpg on the image.
@@ -67,6 +67,7 @@ containerd_major() {
 
 k8s_containerd() {
     _major=$(containerd_major) || fail containerd "containerd --version failed"
+    [ -n "$_major" ] || fail containerd "containerd --version printed no version"
     _config=/etc/labctl/containerd-$_major.toml
     [ -f "$_config" ] || fail containerd "no labctl configuration for containerd $_major.x ($_config)"
     must containerd install -d -m 0755 /etc/containerd

@@ -13,9 +13,9 @@ lb_main() {
 
 lb_packages() {
     if [ "$KEEPALIVED" = yes ]; then
-        have haproxy keepalived || apt_install packages haproxy keepalived
+        installed haproxy keepalived || apt_install packages haproxy keepalived
     else
-        have haproxy || apt_install packages haproxy
+        installed haproxy || apt_install packages haproxy
     fi
 }
 

@@ -215,6 +215,20 @@ have() {
     done
 }
 
+# installed PACKAGE...: every PACKAGE is installed and configured (dpkg's "ii"), as in an image that
+# pre-bakes them. A boot cut short inside apt-get leaves packages unpacked but not configured: those
+# go through apt_install again (which finishes dpkg's work first). A policy-rc.d labctl left behind
+# is removed either way.
+installed() {
+    policy_rc_remove
+    for _installed_pkg in "$@"; do
+        case $(dpkg-query -W -f='${db:Status-Abbrev}' "$_installed_pkg" 2>/dev/null) in
+        ii*) ;;
+        *) return 1 ;;
+        esac
+    done
+}
+
 # apt_sources STEP: with a lab mirror, apt reads it alone. The image's own sources (Debian's cloud
 # images: deb822 over mirror lists, kept by cloud-init's preserve_sources_list) move aside to
 # /etc/apt/labctl-aside, and labctl.sources names the mirror for this node's Debian release.

@@ -23,11 +23,11 @@ import yaml
 
 from labctl.errors import LabError, StateError
 from labctl.lab.plan import NodePlan, Plan
+from labctl.lab.versions import ETCD_BY_DEBIAN
 from labctl.pki.etcd import APISERVER_CLIENT_STEM, MEMBER_FILES, EtcdCerts, TlsPair
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
-ETCD_VERSION = "3.5"  # Debian 13's etcd-server and etcd-client; the nodes install "3.5.*" and hold it
 KUBE_PKI = "/etc/kubernetes/pki"
 ETCD_PKI = f"{KUBE_PKI}/etcd"
 ETCD_CA = f"{ETCD_PKI}/ca.crt"
@@ -133,7 +133,8 @@ def render_etcd_config(plan: Plan, node: NodePlan) -> str:
 
 def etcd_env(plan: Plan, node: NodePlan) -> dict[str, str]:
     """The etcd parameters of ``node``'s bootstrap scripts: members and masters."""
-    env = {"ETCD_TOPOLOGY": plan.lab.kubernetes.etcd, "ETCD_PKG_VERSION": f"{ETCD_VERSION}."}
+    etcd = ETCD_BY_DEBIAN.get(plan.lab.image.debian or "")
+    env = {"ETCD_TOPOLOGY": plan.lab.kubernetes.etcd, "ETCD_PKG_VERSION": f"{etcd}." if etcd else ""}
     if node.role == "etcd":
         env |= {"ETCD_PKI": ETCD_PKI, "ETCD_STAGED_PKI": STAGED_PKI, "ETCD_CONFIG": ETCD_CONFIG,
                 "ETCD_DROPIN": ETCD_DROPIN, "ETCD_WAIT_TRIES": str(MEMBER_WAIT_TRIES)}

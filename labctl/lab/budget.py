@@ -117,6 +117,7 @@ def lab_budget(budget: Budget, nodes: list[tuple[str, str, int]], lb_count: int)
     # An external etcd member: packages, configuration, then healthy once a majority is up (a skew later).
     etcd_deadline = dns + b.apt + 2 * b.step + skew
     external = any(role == "etcd" for _, role, _ in nodes)
+    master_prepare = prepare + b.apt  # and etcdctl (Debian's etcd-client) on every master
     previous = 0
     for name, role, index in nodes:
         if role == "lb":
@@ -125,11 +126,11 @@ def lab_budget(budget: Budget, nodes: list[tuple[str, str, int]], lb_count: int)
             out[name] = NodeBudget(etcd_deadline, {"dns": dns})
         elif role == "master" and index == 1:
             lb_wait = max(lb_deadline, etcd_deadline if external else 0) + skew
-            previous = max(prepare, lb_wait) + b.kubeadm.command + b.cni + b.step
+            previous = max(master_prepare, lb_wait) + b.kubeadm.command + b.cni + b.step
             out[name] = NodeBudget(previous, {"dns": dns, "lb": lb_wait})
         elif role == "master":
             wait = previous + skew
-            previous = max(prepare, wait) + b.kubeadm.command + b.step
+            previous = max(master_prepare, wait) + b.kubeadm.command + b.step
             out[name] = NodeBudget(previous, {"dns": dns, "previous": wait})
     master1 = out.get("master1")
     for name, role, _ in nodes:

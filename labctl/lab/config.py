@@ -28,7 +28,7 @@ from labctl.lab.model import (
     RoleSpec,
 )
 from labctl.lab.validate import choice, fail, kind, mapping, shown, string
-from labctl.lab.versions import check_runtime, load_versions
+from labctl.lab.versions import check_external_etcd, check_runtime, load_versions
 
 DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 DNS_NAME = re.compile(r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
@@ -61,6 +61,9 @@ INTERNAL_MODES = ("isolated", "bridge", "intnet")
 LINUX_BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 HOST_INTERFACE = re.compile(r"^[^\x00-\x1f\x7f\s]([^\x00-\x1f\x7f]{0,98}[^\x00-\x1f\x7f\s])?$")
 HTTP_URL = re.compile(r"^https?://[^\s'\"]+$")
+# A URL the nodes use (apt sources, the repository key): it goes into their env file, which takes only these.
+NODE_URL = re.compile(r"^https?://[A-Za-z0-9._:/,@=-]+$")
+NODE_URL_HINT = "an http(s) URL of letters, digits and ._:/,@=- only (the nodes' scripts read it)"
 
 
 def default_text() -> str:
@@ -197,6 +200,8 @@ def _build_lab(data: dict[str, Any], base_dir: Path | None) -> Lab:
     nat, internal = _networks(data.get("networks"), name, backend)
     kubernetes = _kubernetes(data.get("kubernetes"), base_dir)
     check_runtime(kubernetes.version, image_spec.name, image_spec.debian)
+    if kubernetes.etcd == "external":
+        check_external_etcd(image_spec.name, image_spec.debian)
     roles = _roles(data.get("nodes"), kubernetes)
     _check_overlaps(nat, internal, kubernetes)
     accel = choice(data.get("accel"), "accel", ("auto", "kvm", "tcg"))
@@ -246,15 +251,15 @@ def _apt_mirror(value: Any) -> AptMirror | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return AptMirror(string(value, "apt_mirror", HTTP_URL, "an http(s) URL"))
+        return AptMirror(string(value, "apt_mirror", NODE_URL, NODE_URL_HINT))
     entry = mapping(value, "apt_mirror", MIRROR_KEYS, empty_ok=False)
     updates = entry.get("updates", False)
     if not isinstance(updates, bool):
         raise fail("apt_mirror.updates", "true or false", updates)
     security = entry.get("security")
     if security is not None:
-        string(security, "apt_mirror.security", HTTP_URL, "an http(s) URL of a debian-security mirror")
-    return AptMirror(string(entry.get("url"), "apt_mirror.url", HTTP_URL, "an http(s) URL"), updates, security)
+        string(security, "apt_mirror.security", NODE_URL, f"{NODE_URL_HINT}, of a debian-security mirror")
+    return AptMirror(string(entry.get("url"), "apt_mirror.url", NODE_URL, NODE_URL_HINT), updates, security)
 
 
 def _kubernetes(value: Any, base_dir: Path | None = None) -> KubernetesSpec:
@@ -266,7 +271,8 @@ def _kubernetes(value: Any, base_dir: Path | None = None) -> KubernetesSpec:
     load_versions().minor(version)
     apt_url = section.get("apt_url")
     if apt_url is not None:
-        apt_url = string(apt_url, "kubernetes.apt_url", HTTP_URL, "an http(s) URL of a Kubernetes package repository")
+        apt_url = string(apt_url, "kubernetes.apt_url", NODE_URL, f"{NODE_URL_HINT}, of a Kubernetes package "
+                         "repository")
         apt_url = apt_url.rstrip("/") + "/"
     key_url, key_text = _apt_key(section.get("apt_key"), base_dir)
     enforce = section.get("enforce_minimums")
@@ -299,7 +305,7 @@ def _apt_key(value: Any, base_dir: Path | None) -> tuple[str | None, str | None]
     if value is None:
         return None, None
     if isinstance(value, str) and HTTP_URL.match(value):
-        return value, None
+        return string(value, "kubernetes.apt_key", NODE_URL, NODE_URL_HINT), None
     file = _local_path(value, "kubernetes.apt_key", base_dir)
     try:
         text = file.read_bytes()[: MAX_KEY_BYTES + 1].decode("ascii")

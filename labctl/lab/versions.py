@@ -95,6 +95,22 @@ def _minor(name: str, row: Mapping[str, Any]) -> Minor:
                  {str(k): str(v) for k, v in row["cni"].items()})
 
 
+# etcd's major.minor in each Debian release: the nodes install "<it>.*" and hold it. On a release not
+# listed here (or an image whose release is not known) etcd-client is installed as the release has it,
+# unpinned. An external etcd runs EXTERNAL_ETCD (its configuration file and etcdutl are 3.5's).
+ETCD_BY_DEBIAN = {"bookworm": "3.4", "trixie": "3.5"}
+EXTERNAL_ETCD = "3.5"
+
+
+def check_external_etcd(image_name: str, debian: str | None) -> None:
+    """Refuse an external etcd on an image whose Debian release carries another etcd (one line)."""
+    has = ETCD_BY_DEBIAN.get(debian or "")
+    if has is not None and has != EXTERNAL_ETCD:
+        raise ConfigError("kubernetes.etcd", f"external etcd runs etcd {EXTERNAL_ETCD}, but image {image_name} "
+                          f"(Debian {debian}) has etcd {has}",
+                          "use etcd: stacked, or an image of Debian trixie (the default image)")
+
+
 def check_runtime(version: str, image_name: str, debian: str | None, table: VersionTable | None = None) -> None:
     """Refuse a minor whose containerd the image's Debian release does not carry (one line, the ways out).
 

@@ -3,6 +3,9 @@ offline host reuses it), and adapted to the lab's pod network before any VM exis
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from labctl.errors import ConfigError
 from labctl.guest.cni import CniManifest, adapt_manifest, cni_manifest
 from labctl.image.cache import ImageCache
 from labctl.image.download import fetch, make_session
@@ -27,7 +30,7 @@ def cni_for_plan(plan: Plan, cache: ImageCache | None = None) -> str:
     cni = cni_manifest(plan)
     with make_session() as session:
         cached = fetch(_spec(cni), cache or manifest_cache(), session)
-    return adapt_manifest(cached.path.read_text(encoding="utf-8"), cni, plan.lab.kubernetes.pod_cidr)
+    return adapt_manifest(_text(cached.path, cni), cni, plan.lab.kubernetes.pod_cidr)
 
 
 def cached_cni(plan: Plan, cache: ImageCache | None = None) -> str | None:
@@ -36,7 +39,15 @@ def cached_cni(plan: Plan, cache: ImageCache | None = None) -> str | None:
     found = (cache or manifest_cache()).find("sha256", cni.source.sha256)
     if found is None:
         return None
-    return adapt_manifest(found.path.read_text(encoding="utf-8"), cni, plan.lab.kubernetes.pod_cidr)
+    return adapt_manifest(_text(found.path, cni), cni, plan.lab.kubernetes.pod_cidr)
+
+
+def _text(path: Path, cni: CniManifest) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("kubernetes.cni_manifest", f"{cni.source.where} is not UTF-8 text: {err.reason} at byte "
+                          f"{err.start}", "a CNI manifest is a YAML file") from err
 
 
 def cni_for_render(plan: Plan) -> tuple[str, bool]:

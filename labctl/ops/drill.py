@@ -185,7 +185,9 @@ def bring_back(lab: DrillLab, result: DrillResult, node: NodePlan, down: list[bo
         lab.power_on(node)
     except LabError as err:
         result.restore_hint = f"`labctl start {node.name}` ({err})"
-        raise
+        # The error is what the user sees (the result is not printed): it says what to run.
+        raise LabError(f"drill {result.drill}: {node.name} could not be powered back on: {err.message}",
+                       f"run `labctl start {node.name}`") from err
 
 
 # --- lb ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ scripts' parameters, and kubeadm's etcd.external section."""
 import pytest
 import yaml
 
+from labctl.errors import ConfigError
 from labctl.guest.cloudconfig import role_config
 from labctl.guest.etcd import (
     APISERVER_CLIENT_CERT,
@@ -132,3 +133,22 @@ def test_members_are_the_masters_when_stacked_and_the_etcd_nodes_when_external(p
     assert [m.name for m in etcd_members(stacked)] == ["master1", "master2", "master3"]
     assert [m.name for m in etcd_members(plan)] == ["etcd1", "etcd2", "etcd3"]
     assert [quorum(n) for n in (1, 3, 5, 7)] == [1, 2, 3, 4]
+
+
+def test_etcd_is_pinned_to_what_the_images_debian_release_carries():
+    # bookworm has etcd 3.4: a stacked lab's masters install its etcd-client, not trixie's 3.5.
+    bookworm = with_cni(plan_lab(parse_lab('image: debian-12-genericcloud-amd64\nkubernetes: {version: "1.31"}\n',
+                                           "t")))
+    assert lab_env(bookworm, bookworm.node("master1"))["ETCD_PKG_VERSION"] == "3.4."
+    trixie = with_cni(plan_lab(parse_lab("name: t", "t")))
+    assert lab_env(trixie, trixie.node("master1"))["ETCD_PKG_VERSION"] == "3.5."
+    own = with_cni(plan_lab(parse_lab("image: {path: /tmp/own.qcow2, sha256: " + "a" * 64 + "}\n", "t")))
+    assert lab_env(own, own.node("master1"))["ETCD_PKG_VERSION"] == ""  # release unknown: not pinned
+
+
+def test_an_external_etcd_on_an_image_with_another_etcd_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as refused:
+        parse_lab('image: debian-12-genericcloud-amd64\nkubernetes: {version: "1.31", etcd: external}\n', "t")
+    assert str(refused.value) == (
+        "kubernetes.etcd: external etcd runs etcd 3.5, but image debian-12-genericcloud-amd64 (Debian bookworm) "
+        "has etcd 3.4 (use etcd: stacked, or an image of Debian trixie (the default image))")

@@ -45,3 +45,13 @@ def test_a_cached_manifest_of_another_structure_fails_at_plan_time():
             cni_for_plan(plan)
         with pytest.raises(ConfigError, match="expected one ConfigMap kube-flannel-cfg"):
             cached_cni(plan)
+
+
+def test_a_manifest_that_is_not_text_is_one_line_naming_the_field():
+    binary = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    with HTTPTestServer() as server:
+        url = server.add("/not-yaml.png", binary)
+        plan = lab_at(url, hashlib.sha256(binary).hexdigest())
+        with pytest.raises(ConfigError) as refused:
+            cni_for_plan(plan)
+    assert str(refused.value).startswith(f"kubernetes.cni_manifest: {url} is not UTF-8 text: invalid start byte")

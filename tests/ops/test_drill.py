@@ -137,6 +137,21 @@ def test_a_drill_that_fails_midway_still_brings_the_node_back():
     assert lab.calls == ["off lb1", "on lb1"] and lab.probes is not None and lab.probes.stopped
 
 
+def test_a_node_that_does_not_come_back_is_named_with_the_command_to_run():
+    lab = FakeLab()
+
+    def broken_start(node: NodePlan) -> None:
+        lab.calls.append(f"on {node.name}")
+        raise LabError("starting k8s-lb1: domain is gone")
+
+    lab.power_on = broken_start  # type: ignore[method-assign]
+    with pytest.raises(LabError) as failed:
+        run_drill("lb", lab.drill_lab())
+    assert str(failed.value) == ("drill lb: lb1 could not be powered back on: starting k8s-lb1: domain is gone "
+                                 "(run `labctl start lb1`)")
+    assert lab.calls == ["off lb1", "on lb1"]
+
+
 def test_etcd_member_drill_keeps_quorum_with_one_down_loses_it_with_two_and_recovers():
     plan = plan_lab(parse_lab("kubernetes: {etcd: external}", "t"))
     fake, clock = FakeEtcd(plan, leader="etcd2"), Clock()
