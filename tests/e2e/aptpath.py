@@ -108,10 +108,17 @@ class AptPath:
 
     # --- driving the lab -----------------------------------------------------------------------
 
-    def labctl(self, *args: str, timeout: float = WAIT, log: str | None = None) -> tuple[int, list[str]]:
-        """labctl ARGS through the drills' seed wrapper (seeds carry the drills' files), its output streamed."""
+    def labctl(self, *args: str, timeout: float = WAIT, log: str | None = None,
+               in_netns: bool = True) -> tuple[int, list[str]]:
+        """labctl ARGS through the drills' seed wrapper (seeds carry the drills' files), its output streamed.
+
+        Inside the lab's namespace (``up --retry-failed`` asks the nodes over ssh; nothing reaches a VM from
+        the host's own), but for the first `up` (``in_netns=False``), which downloads the image from the
+        test's server on the host's 127.0.0.1."""
         spec = self.work / "drill-files.json"
         argv = [sys.executable, "-m", "tests.e2e.sabotage", "--files", str(spec), *args]
+        if in_netns:
+            argv = ["ip", "netns", "exec", self.lab.netns, *argv]
         code, lines = stream(argv, self.lab.env, timeout + 120, self.work / (log or f"{args[0]}.log"),
                              prefix=f"[{LAB} {' '.join(args[:2])}]")
         return code, [line for _, line in lines]
@@ -146,7 +153,7 @@ def lab_text(entry: dict[str, str], cni: tuple[str, str], nat_host: str, key: Pa
 
 
 def boot_and_stop_lb1_mid_install(run: AptPath) -> dict[str, Any]:
-    code, out = run.labctl("up", "--no-wait", log="up-no-wait.log")
+    code, out = run.labctl("up", "--no-wait", log="up-no-wait.log", in_netns=False)
     assert code == 0, "\n".join(out[-30:])
     phases = run.wait_for_phase("lb1", lambda p: "packages" in p, WAIT)
     stop_code, _ = run.labctl("stop", "lb1", timeout=300, log="stop-lb1.log")
