@@ -35,7 +35,6 @@ from tests.labenv import lab_env
 HERE = Path(__file__).resolve().parent
 TIMINGS_REPORT = HERE.parent.parent / "build" / "e2e-timings.json"
 LAB = "e2e"
-SABOTAGED = "e2ebad"
 # Two load balancers: the API name is keepalived's VIP, and `labctl drill lb` has somewhere to move it.
 MAIN_SHAPE = {"masters": 3, "workers": 1, "lbs": 2}
 MAIN_NODES = ["gateway", "lb1", "lb2", "master1", "master2", "master3", "worker1"]
