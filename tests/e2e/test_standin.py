@@ -267,9 +267,12 @@ def test_an_init_fails_once_on_purpose_after_writing_kubelet_conf(root: Path) ->
 def test_every_join_fails_while_the_drill_file_exists(root: Path) -> None:
     write(root, "/var/lib/labctl-standin/fail-join", "drill\n")
     config = write(root, "/etc/k.yaml", join_config("127.0.0.1:1", False, "sha256:" + "0" * 64))
+    (root / "etc/kubernetes/pki/ca.crt").unlink()  # a worker: no CA there before discovery writes it
     for _ in range(2):
-        assert tool(root, "kubeadm", "join", "--config", config).returncode == 1
+        failed = tool(root, "kubeadm", "join", "--config", config)
+        assert failed.returncode == 1 and "sabotaged by the test" in failed.stderr, failed.stderr
     assert [(c["argv"][0], c["exit"]) for c in calls(root)] == [("join", 1), ("join", 1)]
+    assert (root / "etc/kubernetes/kubelet.conf").exists()
 
 
 def test_the_standins_play_the_version_they_are_packaged_as(root: Path) -> None:

@@ -235,11 +235,14 @@ def write_kubeconfig(name: str, server: str) -> None:
     """A kubeconfig naming ``server`` and the cluster CA (the stand-ins never authenticate)."""
     import base64
 
-    with open(path(PKI_DIR + "/ca.crt"), "rb") as handle:
-        ca_data = base64.b64encode(handle.read()).decode()
+    cluster = {"server": server}
+    ca_file = path(PKI_DIR + "/ca.crt")
+    if os.path.isfile(ca_file):  # not on a worker whose join failed before discovery wrote it
+        with open(ca_file, "rb") as handle:
+            cluster["certificate-authority-data"] = base64.b64encode(handle.read()).decode()
     text = json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "standin",
-        "clusters": [{"name": "standin", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "clusters": [{"name": "standin", "cluster": cluster}],
         "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "standin"}}],
         "users": [{"name": "standin", "user": {}}],
     }, indent=2)
