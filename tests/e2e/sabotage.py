@@ -1,9 +1,8 @@
-"""``python -m tests.e2e.sabotage NODE ARGS...``: labctl ARGS, with NODE's kubeadm config broken in its seed;
-``python -m tests.e2e.sabotage --files SPEC ARGS...``: labctl ARGS, with the files of SPEC (JSON: node ->
+"""``python -m tests.e2e.sabotage --files SPEC ARGS...``: labctl ARGS, with the files of SPEC (JSON: node ->
 {path: content}) added to those nodes' seeds (the drills' files: an apt pin, a stand-in's failure switch).
 
 Every seed ISO passes through ``labctl.guest.seed.build_seed_iso``; this wraps it so that the named
-node's user-data changes as said, and nothing else does. Test code only.
+nodes' user-data changes as said, and nothing else does. Test code only.
 """
 
 from __future__ import annotations
@@ -19,21 +18,8 @@ import labctl.guest.seed
 import labctl.ops.lifecycle
 from labctl.cli.main import main
 
-KUBEADM_CONFIG = "/etc/labctl/kubeadm.yaml"
-BROKEN = "this is: [not a kubeadm configuration\n"
 Build = Callable[[Mapping[str, bytes]], bytes]
 Change = Callable[[bytes], bytes]
-
-
-def break_user_data(user_data: bytes) -> bytes:
-    """``user_data`` with the kubeadm config's content replaced by :data:`BROKEN`."""
-    data = yaml.safe_load(user_data)
-    files = [entry for entry in data.get("write_files", []) if entry.get("path") == KUBEADM_CONFIG]
-    if len(files) != 1:
-        raise SystemExit(f"sabotage: expected one {KUBEADM_CONFIG} in write_files, found {len(files)}")
-    files[0]["content"] = BROKEN
-    files[0].pop("encoding", None)
-    return ("#cloud-config\n" + yaml.safe_dump(data, sort_keys=False)).encode()
 
 
 def with_files(files: Mapping[str, str]) -> Change:
@@ -59,11 +45,10 @@ def sabotaging(changes: Mapping[str, Change], build: Build) -> Build:
 
 
 def run(argv: list[str]) -> None:
-    if argv[0] == "--files":
-        spec = json.loads(Path(argv[1]).read_text())
-        changes, args = {node: with_files(files) for node, files in spec.items()}, argv[2:]
-    else:
-        changes, args = {argv[0]: break_user_data}, argv[1:]
+    if argv[:1] != ["--files"] or len(argv) < 3:
+        raise SystemExit("usage: python -m tests.e2e.sabotage --files SPEC LABCTL-ARGS...")
+    spec = json.loads(Path(argv[1]).read_text())
+    changes, args = {node: with_files(files) for node, files in spec.items()}, argv[2:]
     wrapped = sabotaging(changes, labctl.guest.seed.build_seed_iso)
     for module in (labctl.guest.seed, labctl.ops.lifecycle):  # lifecycle imported the name itself
         module.build_seed_iso = wrapped  # type: ignore[attr-defined]
