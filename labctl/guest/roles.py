@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from labctl.errors import ConfigError, LabError
-from labctl.guest.etcd import etcd_env
+from labctl.guest.etcd import SEED_PKI, etcd_env
 from labctl.guest.kubeadm import CRI_SOCKET, kubernetes_minor, render_kubeadm_config
 from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.pki.secrets import LabSecrets
@@ -136,7 +136,8 @@ def _kubernetes_env(plan: Plan, node: NodePlan) -> dict[str, str]:
         "KUBEADM_TIMEOUT": str(plan.budget.budget.kubeadm.command),
         "CRI_SOCKET": CRI_SOCKET,
         # Masters check TLS with the CA kubeadm uses; workers with the copy in /etc/labctl.
-        "API_CA": f"{KUBE_PKI}/ca.crt" if node.role == "master" else CLUSTER_CA_COPY,
+        # The seed's copy on a master: /etc/kubernetes/pki is filled only just before its kubeadm runs.
+        "API_CA": f"{SEED_PKI}/ca.crt" if node.role == "master" else CLUSTER_CA_COPY,
     }
     if node.role == "worker":
         env |= {"API_WAIT": str(plan.budget.nodes[node.name].waits["api"]),

@@ -323,7 +323,7 @@ def test_joining_master_waits_for_the_previous_one(tmp_path):
     plan = plan_lab(load_lab())
     url = f"https://{plan.node('master1').internal.address.ip}:6443/readyz"
     assert box.calls("curl") == [["--fail", "--silent", "--show-error", "--max-time", "10", "--cacert",
-                                  "/etc/kubernetes/pki/ca.crt", url]]
+                                  "/etc/labctl/pki/ca.crt", url]]
     assert box.console_lines()[-1] == "labctl-phase: master2 failed wait-previous"
 
 
