@@ -85,6 +85,8 @@ def check_status(lab: Lab) -> dict[str, Any]:
 
 
 def check_snapshot_save(lab: Lab, work: Path) -> dict[str, Any]:
+    # With stand-in apiservers nothing else writes to an external etcd: one key, so the snapshot holds one.
+    etcdctl(lab, "put", f"{KEY_PREFIX}snapshot", "saved")
     target = work / "etcd-snapshot.db"
     saved = labctl_json(lab, "etcd", "snapshot", "save", str(target))
     data = target.read_bytes()

@@ -1,5 +1,9 @@
 """The real kubeadm's preflight on a running lab's nodes, with containerd answering a real crictl over CRI.
 
+NOT RUN BY `make test` YET (issue #18, part 3): its first run in the e2e lab stopped at `crictl version -o
+json` (crictl has no -o there; fixed below, not yet run again), so kubeadm's preflight itself has not run
+in a VM. Wire it back into tests/e2e/test_e2e.py (after check 5) once a run shows it passing.
+
 For any lab of tests/e2e (a :class:`~tests.e2e.lab.Lab` whose nodes are ready), from the module that
 boots it::
 
@@ -130,7 +134,9 @@ def cri_status(lab: Lab, node: str) -> dict[str, Any]:
     """``crictl info`` and ``crictl version`` through the CRI socket of labctl's kubeadm configuration."""
     crictl = ["sudo", CRICTL, "--runtime-endpoint", node_registration(lab, node)["criSocket"], "--timeout", "30s"]
     info = json.loads(lab.ssh_ok(node, *crictl, "info", "-o", "json"))
-    version = json.loads(lab.ssh_ok(node, *crictl, "version", "-o", "json"))
+    # `crictl version` has no -o: "RuntimeName:  containerd" lines, as keys of crictl's JSON elsewhere.
+    version = {key[0].lower() + key[1:]: value.strip() for line in lab.ssh_ok(node, *crictl, "version").splitlines()
+               for key, sep, value in [line.partition(":")] if sep}
     conditions = {c["type"]: c["status"] for c in info["status"]["conditions"]}
     return {"conditions": conditions, "version": version, "config": info.get("config", {})}
 

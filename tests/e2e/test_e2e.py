@@ -39,7 +39,6 @@ from labctl.guest.roles import NIC_NAMES, STATS_PORT
 from labctl.pki.x509 import ca_cert_hash
 from tests.e2e import etcd_checks
 from tests.e2e.lab import Lab, phase_timeline
-from tests.e2e.preflight import carry_tools, cri_status, master_preflight, problems, worker_preflight
 from tests.e2e.session import (
     CA_FILES,
     CLOCK_SKEW,
@@ -57,11 +56,9 @@ from tests.e2e.session import (
     running_lab,
     skip_reason,
 )
-from tests.kubeadm.tooling import or_skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SMALL_NODES = ["gateway", "lb1", "etcd1", "etcd2", "etcd3", "master1"]
-PREFLIGHT_NODES = ("master1", "worker1")
 
 
 @pytest.fixture(scope="module")
@@ -342,31 +339,6 @@ def test_5_standins_show_init_then_ordered_joins_with_the_hosts_token_and_ca_has
         on_host = {name: hashlib.sha256((lab.pki_dir / name).read_bytes()).hexdigest() for name in CA_FILES}
         assert on_node == on_host, f"{node}'s CA files differ from the host's"
         assert joins[node]["pki"]["ca.crt"] == on_host["ca.crt"], "the CA was not in place when kubeadm join ran"
-
-
-# --- 5b. the real kubeadm's preflight ---------------------------------------------------------
-
-
-def test_5b_real_kubeadm_preflight_passes_on_master1_and_worker1_with_containerd_answering_over_cri(
-        e2e: E2E) -> None:
-    """tests/e2e/preflight.py: the real kubeadm (and crictl) carried to the nodes; only the stand-ins'
-    traces and the offline image pulls are ignored, each named there with its reason."""
-    lab = e2e.lab
-    with e2e.timings.measure("carry the real kubeadm and crictl to master1 and worker1"):
-        e2e.timings.notes["preflight_carry_s"] = or_skip(carry_tools, lab, PREFLIGHT_NODES)
-    report: dict[str, Any] = {}
-    for node in PREFLIGHT_NODES:
-        cri = cri_status(lab, node)
-        assert cri["conditions"].get("RuntimeReady") is True, f"{node}: containerd over CRI: {cri['conditions']}"
-        assert cri["version"]["runtimeName"] == "containerd", cri["version"]
-        report[node] = {"cri": {"conditions": cri["conditions"], "version": cri["version"]}}
-    with e2e.timings.measure("kubeadm init phase preflight on master1"):
-        master = master_preflight(lab, "master1")
-    with e2e.timings.measure("kubeadm join phase preflight on worker1"):
-        worker = worker_preflight(lab, "worker1")
-    report["master1"]["preflight"], report["worker1"]["preflight"] = master.summary(), worker.summary()
-    e2e.timings.notes["kubeadm_preflight"] = report
-    assert {"master1": problems(master), "worker1": problems(worker)} == {"master1": [], "worker1": []}
 
 
 # --- 6. serial consoles -------------------------------------------------------------------
