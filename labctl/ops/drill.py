@@ -179,12 +179,11 @@ def restoring(lab: DrillLab, result: DrillResult, node: NodePlan) -> Iterator[li
 
 
 def bring_back(lab: DrillLab, result: DrillResult, node: NodePlan, down: list[bool]) -> None:
-    """Start ``node`` and wait until it is ready, once; if that fails, the result says what to run."""
+    """Start ``node`` and wait until it is ready, once; if that fails, the error says what to run."""
     down[0] = False
     try:
         lab.power_on(node)
     except LabError as err:
-        result.restore_hint = f"`labctl start {node.name}` ({err})"
         # The error is what the user sees (the result is not printed): it says what to run.
         raise LabError(f"drill {result.drill}: {node.name} could not be powered back on: {err.message}",
                        f"run `labctl start {node.name}`") from err
