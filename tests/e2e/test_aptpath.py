@@ -1,7 +1,9 @@
 """End to end, the official image's apt path (issue #13): role packages installed at first boot through the
 lab's mirror only, real containerd, the Kubernetes packages from a signed repository labctl is pointed
 at, bootstraps that resume and reruns that tell the truth. One boot (tests/e2e/aptpath.py) carries the
-drills and then every check; the wall time of each stage is printed and written to timings.json.
+drills and then every check; the wall time of each stage is printed and written to timings.json. Last,
+the real kubeadm's preflight (issue #18, tests/e2e/preflight.py) on master1 and worker1, which labctl
+prepared and whose containerd is real.
 
 Runs as root (a private libvirtd, the package proxy in its namespace); skipped elsewhere with the reason
 printed, failed instead under ``CI``. ``pytest -v -s tests/e2e/test_aptpath.py`` runs it alone.
@@ -19,12 +21,14 @@ import pytest
 import yaml
 
 from labctl.access.readiness import parse_phases
-from tests.e2e import aptpath
+from tests.e2e import aptpath, preflight
 from tests.e2e.aptpath import NODES, STANDIN_DIR, AptPath, aptpath_lab
 from tests.e2e.session import require, skip_reason
 from tests.harness import aptproxy
+from tests.kubeadm.tooling import or_skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+PREFLIGHT_NODES = ("master1", "worker1")
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +202,66 @@ def test_the_cni_manifest_fetched_on_the_host_is_what_master1_applied(lab: AptPa
     ready(lab)
     [applied] = calls(lab, "master1", "kubectl")
     assert applied["manifest"] == "/etc/labctl/cni.yaml" and applied["manifest_sha256"] == lab.cni[1]
+
+
+# --- the real kubeadm's preflight on the nodes labctl prepared (issue #18) -------------------------
+
+
+@pytest.fixture(scope="module")
+def tools(lab: AptPath) -> dict[str, float]:
+    """The real kubeadm and crictl (tests/kubeadm builds them, cached) carried to master1 and worker1."""
+    ready(lab)
+    took = or_skip(preflight.carry_tools, lab.lab, PREFLIGHT_NODES)
+    lab.session.timings.notes["preflight tools carried (s)"] = took
+    return took
+
+
+def test_real_containerd_answers_a_real_crictl_over_the_cri_socket_labctl_configured(
+        lab: AptPath, tools: dict[str, float]) -> None:
+    for node in PREFLIGHT_NODES:
+        status = preflight.cri_status(lab.lab, node)
+        assert status["version"]["runtimeName"] == "containerd", (node, status["version"])
+        assert status["version"]["runtimeVersion"].startswith("1.7."), (node, status["version"])
+        assert status["conditions"]["RuntimeReady"] is True, (node, status["conditions"])
+        runc = status["config"]["containerd"]["runtimes"]["runc"]
+        assert runc["options"]["SystemdCgroup"] is True, (node, runc)  # what the CRI plugin itself runs with
+
+
+# What kubeadm must have looked at (its -v=1 lines), so a pass is not a preflight that checked nothing.
+NODE_CHECKS = ("validating the container runtime", "validating availability of port 10250",
+               "validating whether swap is enabled or not", "running system verification checks",
+               "validating kubelet version", "checking whether the given node name is valid and reachable",
+               "validating the presence of executable losetup")
+MASTER_CHECKS = (*NODE_CHECKS, "validating availability of port 2379", "validating availability of port 2380",
+                 "validating availability of port 10257", "validating availability of port 10259",
+                 "validating the existence and emptiness of directory /var/lib/etcd",
+                 "validating the contents of file /proc/sys/net/ipv4/ip_forward",
+                 "validating Kubernetes and kubeadm version")
+
+
+def test_kubeadm_init_preflight_passes_on_master1_with_the_configuration_labctl_wrote(
+        lab: AptPath, tools: dict[str, float]) -> None:
+    run = preflight.master_preflight(lab.lab, "master1")
+    lab.session.timings.notes["preflight master1"] = run.summary()
+    assert not preflight.problems(run), (preflight.problems(run), run.output[-4000:])
+    checked = "\n".join(run.validated)
+    assert [c for c in MASTER_CHECKS if c not in checked] == [], checked
+
+
+def test_kubeadm_join_preflight_passes_on_worker1_up_to_discovery(lab: AptPath, tools: dict[str, float]) -> None:
+    run = preflight.worker_preflight(lab.lab, "worker1")
+    lab.session.timings.notes["preflight worker1"] = run.summary()
+    assert not preflight.problems(run), (preflight.problems(run), run.output[-4000:])
+    checked = "\n".join(run.validated)
+    assert [c for c in NODE_CHECKS if c not in checked] == [], checked
+    assert "cluster-info" in run.output  # it went on to discovery (kubeadm's dry-run answers it)
+
+
+def test_the_preflight_check_bites_a_master_with_ip_forwarding_off(lab: AptPath, tools: dict[str, float]) -> None:
+    lab.lab.ssh_ok("master1", "sudo", "sysctl", "-w", "net.ipv4.ip_forward=0")
+    try:
+        run = preflight.master_preflight(lab.lab, "master1")
+    finally:
+        lab.lab.ssh_ok("master1", "sudo", "sysctl", "-w", "net.ipv4.ip_forward=1")
+    assert run.exit != 0 and list(run.errors) == ["FileContent--proc-sys-net-ipv4-ip_forward"], run.summary()
+    assert any("ip_forward" in p for p in preflight.problems(run))
