@@ -139,10 +139,8 @@ def etcd_env(plan: Plan, node: NodePlan) -> dict[str, str]:
         env |= {"ETCD_PKI": ETCD_PKI, "ETCD_STAGED_PKI": STAGED_PKI, "ETCD_CONFIG": ETCD_CONFIG,
                 "ETCD_DROPIN": ETCD_DROPIN, "ETCD_WAIT_TRIES": str(MEMBER_WAIT_TRIES)}
     if node.role == "master" and is_external(plan):
-        members = etcd_members(plan)
-        env |= {"ETCD_ENDPOINTS": endpoints(plan), "ETCD_MEMBERS": str(len(members)),
-                "ETCD_CA": SEED_ETCD_CA, "ETCD_CLIENT_CERT": SEED_CLIENT_CERT, "ETCD_CLIENT_KEY": SEED_CLIENT_KEY,
-                "ETCD_WAIT_TRIES": str(HEALTHY_WAIT_TRIES)}
+        env |= {"ETCD_ENDPOINTS": endpoints(plan), "ETCD_CA": SEED_ETCD_CA, "ETCD_CLIENT_CERT": SEED_CLIENT_CERT,
+                "ETCD_CLIENT_KEY": SEED_CLIENT_KEY, "ETCD_WAIT_TRIES": str(HEALTHY_WAIT_TRIES)}
     return env
 
 
