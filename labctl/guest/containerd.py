@@ -23,13 +23,14 @@ from labctl.lab.versions import load_versions
 CONFIG_FILES = {1: "/etc/labctl/containerd-1.toml", 2: "/etc/labctl/containerd-2.toml"}
 PAUSE_IMAGE = "registry.k8s.io/pause:{tag}"
 RUNC = "io.containerd.runc.v2"
+CGROUP_DRIVER = "systemd"  # runc's (SystemdCgroup) and the kubelet's (KubeletConfiguration): they must agree
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 def containerd_config(plan: Plan, major: int) -> dict[str, Any]:
     """The configuration for containerd ``major`` (1 or 2) as data."""
     sandbox = PAUSE_IMAGE.format(tag=load_versions().minor(plan.lab.kubernetes.version).pause)
-    runc_options = {"SystemdCgroup": True}
+    runc_options = {"SystemdCgroup": CGROUP_DRIVER == "systemd"}
     if major == 1:
         cri = "io.containerd.grpc.v1.cri"
         return {"version": 2, "plugins": {cri: {

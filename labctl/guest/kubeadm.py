@@ -1,11 +1,11 @@
 """kubeadm's configuration file of each Kubernetes node: YAML documents dumped from dicts (pure).
 
-master1 gets InitConfiguration + ClusterConfiguration; every other master and every worker a
-JoinConfiguration. The shared control-plane material (CAs, service-account keys) reaches the masters
-through their seeds, so control-plane joins need no certificateKey; every join pins the CA with
-caCertHashes. The API version follows the Kubernetes minor's row of the version table (v1beta4 from
-1.31, v1beta3 before); v1beta4 documents carry kubeadm's ``timeouts``, sized for the accelerator by
-the plan's budget table.
+master1 gets InitConfiguration + ClusterConfiguration + KubeletConfiguration (kubeadm keeps the
+last in the cluster for the nodes that join); every other master and every worker a JoinConfiguration.
+The shared control-plane material (CAs, service-account keys) reaches the masters through their seeds,
+so control-plane joins need no certificateKey; every join pins the CA with caCertHashes. The API
+version follows the Kubernetes minor's row of the version table (v1beta4 from 1.31, v1beta3 before);
+v1beta4 documents carry kubeadm's ``timeouts``, sized for the accelerator by the plan's budget table.
 """
 
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from labctl.errors import ConfigError, LabError
+from labctl.guest.containerd import CGROUP_DRIVER
 from labctl.guest.etcd import external_etcd_section
 from labctl.lab.plan import API_PORT, NodePlan, Plan
 from labctl.lab.versions import load_versions, pair
@@ -26,6 +27,7 @@ TOKEN_USAGES = ["signing", "authentication"]
 ETCD_DATA_DIR = "/var/lib/etcd"
 PREFLIGHT_MINIMUMS = ["NumCPU", "Mem"]  # kubeadm's checks that enforce_minimums: false relaxes
 V1BETA4 = "kubeadm.k8s.io/v1beta4"
+KUBELET_API = "kubelet.config.k8s.io/v1beta1"  # the kubelet's config API for every minor of the table
 
 
 def kubernetes_minor(version: str) -> tuple[int, int]:
@@ -51,8 +53,15 @@ def kubeadm_documents(plan: Plan, node: NodePlan, secrets: LabSecrets) -> list[d
         raise LabError(f"{node.name} is a {node.role}; only masters and workers run kubeadm")
     _check_join_secrets(secrets)
     if node.role == "master" and node.index == 1:
-        return [_init_configuration(plan, node, secrets), cluster_configuration(plan)]
+        return [_init_configuration(plan, node, secrets), cluster_configuration(plan), kubelet_configuration()]
     return [_join_configuration(plan, node, secrets)]
+
+
+def kubelet_configuration() -> dict[str, Any]:
+    """The kubelet's settings, which ``kubeadm init`` stores in the cluster for every node that joins: the
+    cgroup driver containerd's runc uses. Said, not left to kubeadm's default: containerd 1.x cannot tell the
+    kubelet its driver over CRI (RuntimeConfig came with containerd 2.0), so this is what the kubelet goes by."""
+    return {"apiVersion": KUBELET_API, "kind": "KubeletConfiguration", "cgroupDriver": CGROUP_DRIVER}
 
 
 def cluster_configuration(plan: Plan) -> dict[str, Any]:

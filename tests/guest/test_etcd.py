@@ -120,7 +120,7 @@ def test_scripts_get_the_members_and_master1_waits_for_all_of_them(plan):
 @pytest.mark.parametrize("version", ["1.30", "1.31"])
 def test_kubeadm_uses_etcd_external_with_kubeadms_file_layout(version, secrets):
     plan = plan_lab(parse_lab(EXTERNAL.replace('"1.31"', f'"{version}"'), "external"))
-    _, cluster = kubeadm_documents(plan, plan.node("master1"), secrets)
+    _, cluster, _ = kubeadm_documents(plan, plan.node("master1"), secrets)
     assert cluster["etcd"] == {"external": {"endpoints": [m.client_url for m in etcd_members(plan)],
                                             "caFile": ETCD_CA, "certFile": APISERVER_CLIENT_CERT,
                                             "keyFile": APISERVER_CLIENT_KEY}}

@@ -307,7 +307,9 @@ def test_kubeadm_config_uses_only_documented_fields(version, secrets):
         assert docs == kubeadm_documents(plan, node, secrets)
         kinds = [doc["kind"] for doc in docs]
         if node.name == "master1":
-            assert kinds == ["InitConfiguration", "ClusterConfiguration"]
+            assert kinds == ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration"]
+            assert docs.pop() == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+                                  "cgroupDriver": "systemd"}
         else:
             assert kinds == ["JoinConfiguration"]
         for doc in docs:
@@ -331,7 +333,7 @@ def node_ip_arg(registration: dict) -> str:
 
 
 def test_kubeadm_config_values(big_plan, secrets):
-    init, cluster = kubeadm_documents(big_plan, big_plan.node("master1"), secrets)
+    init, cluster, _kubelet = kubeadm_documents(big_plan, big_plan.node("master1"), secrets)
     spec = big_plan.lab.kubernetes
     assert cluster["controlPlaneEndpoint"] == "api.k8s.internal:6443"
     assert cluster["networking"] == {"podSubnet": str(spec.pod_cidr), "serviceSubnet": str(spec.service_cidr)}
@@ -363,7 +365,7 @@ def test_kubeadm_config_values(big_plan, secrets):
 
 def test_kubeadm_config_exact_version_and_relaxed_minimums(secrets):
     plan = plan_lab(parse_lab('kubernetes: {version: "1.30.5", enforce_minimums: false}\n', "t"))
-    init, cluster = kubeadm_documents(plan, plan.node("master1"), secrets)
+    init, cluster, _kubelet = kubeadm_documents(plan, plan.node("master1"), secrets)
     assert cluster["kubernetesVersion"] == "v1.30.5"
     assert init["nodeRegistration"]["kubeletExtraArgs"] == {"node-ip": str(plan.node("master1").internal.address.ip)}
     assert init["nodeRegistration"]["ignorePreflightErrors"] == ["NumCPU", "Mem"]

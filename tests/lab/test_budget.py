@@ -54,7 +54,7 @@ def test_tcg_gets_more_time_than_kvm_everywhere():
 def test_kubeadm_timeouts_follow_the_accelerator(accel, expected, tmp_path):
     plan = with_cni(plan_lab(parse_lab("name: k8s\n", "t")).with_accel(accel))
     secrets = ensure_secrets(LabState.for_lab("k8s", tmp_path), plan)
-    init, _cluster = kubeadm_documents(plan, plan.node("master1"), secrets)
+    init, _cluster, _kubelet = kubeadm_documents(plan, plan.node("master1"), secrets)
     (join,) = kubeadm_documents(plan, plan.node("worker1"), secrets)
     assert init["timeouts"] == join["timeouts"] == expected
     # The node bounds one kubeadm call by every timeout kubeadm itself may spend, in a row.
