@@ -36,8 +36,9 @@ from typing import Any
 
 import yaml
 
+from labctl.guest.containerd import CGROUP_DRIVER
 from labctl.guest.roles import KUBEADM_CONFIG
-from labctl.lab.versions import load_versions, shown
+from labctl.lab.versions import VersionTable, load_versions, shown
 from tests.e2e.lab import Lab
 from tests.kubeadm.gomodule import parse_release
 from tests.kubeadm.tooling import crictl_binary, kubeadm_binary
@@ -156,25 +157,31 @@ def standin_ignores(lab: Lab, node: str, candidates: Iterable[str]) -> dict[str,
 
 
 def runtime_expectations(lab: Lab, node: str) -> dict[str, str]:
-    """The ContainerRuntimeVersion warning, expected where the node's containerd is one labctl's version table
-    lets this kubeadm's minor run on but not the next minor.
+    """The warnings kubeadm gives on ``node`` because of the runtime Debian ships, not the node's preparation:
+    :func:`runtime_expected` of this kubeadm and the node's containerd, as crictl reads it."""
+    return runtime_expected(kubeadm_minor(), cri_status(lab, node)["version"]["runtimeVersion"])
 
-    kubeadm asks the runtime for its cgroup driver over CRI (RuntimeConfig); containerd 1.x does not answer
-    it, so kubeadm falls back to the kubelet configuration's cgroupDriver (kubeadm's default, systemd, as
-    labctl configures containerd's runc) and warns that the next minor will not. The table has the same fact: this minor
-    is the last on containerd 1.x, which is what Debian's release ships; the next needs containerd 2.0
-    (`labctl plan` refuses it on this image). Nothing on the node can change that but another containerd."""
-    table = load_versions()
-    this = table.minors.get(f"1.{kubeadm_minor()}")
-    after = table.minors.get(f"1.{kubeadm_minor() + 1}")
-    reported = cri_status(lab, node)["version"]["runtimeVersion"]  # "1.7.24~ds1"
-    runtime = (int(reported.split(".")[0]), int(reported.split(".")[1]))
+
+def runtime_expected(kubeadm_minor: int, runtime_version: str, table: VersionTable | None = None) -> dict[str, str]:
+    """ContainerRuntimeVersion, where labctl's version table lets kubeadm's minor run on this containerd but
+    not the next minor.
+
+    kubeadm asks the runtime for its cgroup driver over CRI (RuntimeConfig, KEP-4033, in containerd from
+    2.0); containerd 1.x cannot answer, so kubeadm warns that its fallback, the cgroupDriver of the
+    kubelet's configuration, "will be removed in 1.36". labctl states that driver (systemd, the one it gives
+    containerd's runc: labctl/guest/containerd.py), so the fallback is labctl's choice, not a default. Only
+    another containerd ends the warning: Debian 13 ships 1.7 (trixie-backports has none), and the version
+    table makes this minor the last on it (`labctl plan` refuses the next on this image)."""
+    table = table or load_versions()
+    this, after = table.minors.get(f"1.{kubeadm_minor}"), table.minors.get(f"1.{kubeadm_minor + 1}")
+    major, minor, *_ = runtime_version.removeprefix("v").split(".")  # "1.7.24~ds1", upstream's "v2.1.0"
+    runtime = (int(major), int(minor))
     if this is None or after is None or not this.containerd <= runtime < after.containerd:
         return {}
-    return {"ContainerRuntimeVersion": f"containerd {reported} has no CRI RuntimeConfig (it came with "
-            f"{shown(after.containerd)}); kubernetes {this.name} is the last minor on it (images/kubernetes.yaml) "
-            f"and kubeadm says so; the kubelet keeps its configured cgroupDriver (kubeadm's default, systemd, as "
-            f"labctl's containerd configures runc)"}
+    return {"ContainerRuntimeVersion": f"containerd {runtime_version} has no CRI RuntimeConfig (containerd 2.0 "
+            f"added it); kubeadm {this.name} falls back to the kubelet's configured cgroupDriver (labctl's "
+            f"KubeletConfiguration: {CGROUP_DRIVER}) and warns that {after.name} will not; images/kubernetes.yaml "
+            f"makes {this.name} the last minor on containerd {shown(runtime)}"}
 
 
 def master_preflight(lab: Lab, node: str = "master1") -> Preflight:

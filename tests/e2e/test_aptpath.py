@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from labctl.access.readiness import parse_phases
+from labctl.guest.kubeadm import PREFLIGHT_MINIMUMS
 from tests.e2e import aptpath, preflight
 from tests.e2e.aptpath import NODES, STANDIN_DIR, AptPath, aptpath_lab
 from tests.e2e.session import require, skip_reason
@@ -244,17 +245,24 @@ def test_kubeadm_init_preflight_passes_on_master1_with_the_configuration_labctl_
     run = preflight.master_preflight(lab.lab, "master1")
     lab.session.timings.notes["preflight master1"] = run.summary()
     assert not preflight.problems(run), (preflight.problems(run), run.output[-4000:])
+    assert set(run.configured) <= set(PREFLIGHT_MINIMUMS), run.configured  # labctl relaxes only these
     checked = "\n".join(run.validated)
     assert [c for c in MASTER_CHECKS if c not in checked] == [], checked
+    # The cgroup driver kubeadm falls back to (containerd 1.7 cannot tell it) is the one labctl states.
+    rendered = lab.lab.ssh_ok("master1", "sudo", "cat", "/etc/labctl/kubeadm.yaml")
+    [kubelet] = [d for d in yaml.safe_load_all(rendered) if d["kind"] == "KubeletConfiguration"]
+    assert kubelet["cgroupDriver"] == "systemd"
 
 
 def test_kubeadm_join_preflight_passes_on_worker1_up_to_discovery(lab: AptPath, tools: dict[str, float]) -> None:
     run = preflight.worker_preflight(lab.lab, "worker1")
     lab.session.timings.notes["preflight worker1"] = run.summary()
     assert not preflight.problems(run), (preflight.problems(run), run.output[-4000:])
+    assert run.configured == [], run.configured
     checked = "\n".join(run.validated)
     assert [c for c in NODE_CHECKS if c not in checked] == [], checked
-    assert "cluster-info" in run.output  # it went on to discovery (kubeadm's dry-run answers it)
+    # past the node checks, on to discovery, which kubeadm's dry-run answers
+    assert '[dryrun] Resource name "cluster-info", namespace "kube-public"' in run.output, run.output[-3000:]
 
 
 def test_the_preflight_check_bites_a_master_with_ip_forwarding_off(lab: AptPath, tools: dict[str, float]) -> None:
