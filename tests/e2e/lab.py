@@ -184,8 +184,10 @@ class Lab:
         return [phase for i, phase in enumerate(seen) if i == 0 or seen[i - 1] != phase]
 
     def jsonl(self, node: str, path: str) -> list[dict[str, Any]]:
-        """A JSON-lines file on ``node`` (read as root), parsed."""
-        text = self.ssh_ok(node, "sudo", "cat", path)
+        """A JSON-lines file on ``node`` (read as root), parsed. A node powered off by a drill (``virsh destroy``)
+        can leave the tail of an append it had not flushed as NUL bytes (ext4 grew the file, the data never
+        reached the disk): those are dropped, with what they held; every record must still parse."""
+        text = self.ssh_ok(node, "sudo", "cat", path).replace("\x00", "")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
