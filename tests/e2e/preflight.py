@@ -38,7 +38,7 @@ import yaml
 
 from labctl.guest.containerd import CGROUP_DRIVER
 from labctl.guest.roles import KUBEADM_CONFIG
-from labctl.lab.versions import VersionTable, load_versions, shown
+from labctl.lab.versions import VersionTable, load_versions, pair, shown
 from tests.e2e.lab import Lab
 from tests.kubeadm.gomodule import parse_release
 from tests.kubeadm.tooling import crictl_binary, kubeadm_binary
@@ -174,8 +174,7 @@ def runtime_expected(kubeadm_minor: int, runtime_version: str, table: VersionTab
     table makes this minor the last on it (`labctl plan` refuses the next on this image)."""
     table = table or load_versions()
     this, after = table.minors.get(f"1.{kubeadm_minor}"), table.minors.get(f"1.{kubeadm_minor + 1}")
-    major, minor, *_ = runtime_version.removeprefix("v").split(".")  # "1.7.24~ds1", upstream's "v2.1.0"
-    runtime = (int(major), int(minor))
+    runtime = pair(".".join(runtime_version.removeprefix("v").split(".")[:2]))  # "1.7.24~ds1", "v2.1.0"
     if this is None or after is None or not this.containerd <= runtime < after.containerd:
         return {}
     return {"ContainerRuntimeVersion": f"containerd {runtime_version} has no CRI RuntimeConfig (containerd 2.0 "

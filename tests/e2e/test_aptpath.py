@@ -22,6 +22,7 @@ import yaml
 
 from labctl.access.readiness import parse_phases
 from labctl.guest.kubeadm import PREFLIGHT_MINIMUMS
+from labctl.guest.roles import KUBEADM_CONFIG
 from tests.e2e import aptpath, preflight
 from tests.e2e.aptpath import NODES, STANDIN_DIR, AptPath, aptpath_lab
 from tests.e2e.session import require, skip_reason
@@ -249,7 +250,7 @@ def test_kubeadm_init_preflight_passes_on_master1_with_the_configuration_labctl_
     checked = "\n".join(run.validated)
     assert [c for c in MASTER_CHECKS if c not in checked] == [], checked
     # The cgroup driver kubeadm falls back to (containerd 1.7 cannot tell it) is the one labctl states.
-    rendered = lab.lab.ssh_ok("master1", "sudo", "cat", "/etc/labctl/kubeadm.yaml")
+    rendered = lab.lab.ssh_ok("master1", "sudo", "cat", KUBEADM_CONFIG)
     [kubelet] = [d for d in yaml.safe_load_all(rendered) if d["kind"] == "KubeletConfiguration"]
     assert kubelet["cgroupDriver"] == "systemd"
 
